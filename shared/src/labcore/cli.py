@@ -1,0 +1,149 @@
+"""Shared plumbing for the packages' command lines.
+
+Each package's ``cli.py`` builds an ``argparse`` parser with ``common_parser()`` as a parent on
+every subcommand, parses with :func:`parse_args` (which applies ``--config``), and wraps its
+``main`` in :func:`error_boundary` so expected errors become one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "UserError",
+    "common_parser",
+    "error_boundary",
+    "load_config",
+    "main",
+    "parse_args",
+    "progress",
+]
+
+
+class UserError(ValueError):
+    """Bad input from the user (a path, a file format, an argument): reported in one line."""
+
+
+_EXPECTED = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def common_parser(package: str | None = None) -> argparse.ArgumentParser:
+    """The flags every subcommand shares, as a parent parser (``parents=[common_parser()]``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, default=Path("runs") / (package or "results"),
+                   help="directory for result JSON and artefacts")  # fmt: skip
+    g.add_argument("--config", type=Path, default=None,
+                   help="JSON or TOML file whose keys set argument defaults")  # fmt: skip
+    return p
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat JSON or TOML mapping of argument names to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            cfg = tomllib.loads(path.read_text())
+        else:
+            cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"cannot parse config {path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"config {path} must hold a mapping of argument names to values")
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterable[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+    """Parse ``argv``; if ``--config FILE`` is given, its keys become defaults and it is re-parsed.
+
+    Flags given on the command line win over the file; an unknown key is an error.
+    """
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    cfg = load_config(args.config)
+    unknown = set(cfg) - set(vars(args))
+    if unknown:
+        raise UserError(f"unknown keys in config {args.config}: {', '.join(sorted(unknown))}")
+    for p in _parsers(parser):
+        dests = {a.dest for a in p._actions}
+        p.set_defaults(**{k: v for k, v in cfg.items() if k in dests})
+    return parser.parse_args(argv)
+
+
+def progress(iterable: Iterable | None = None, **kwargs: Any):
+    """A tqdm progress bar on stderr, silent when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", None)  # None: off when not a tty
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+def error_boundary(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Wrap a CLI ``main`` so expected errors print ``prog: error: msg`` and return 2."""
+
+    def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs) or 0
+            except _EXPECTED as e:
+                msg = str(e) if not isinstance(e, OSError) or not e.filename else (
+                    f"{e.strerror or 'cannot open'}: {e.filename}"
+                )  # fmt: skip
+                print(f"{prog}: error: {msg}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+
+        return run
+
+    return wrap
+
+
+@error_boundary("labcore")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``labcore info``: versions and the data root; ``labcore data-root``: print the data root."""
+    from labcore import __version__
+    from labcore.data import data_root
+    from labcore.runs import library_versions
+
+    parser = argparse.ArgumentParser(prog="labcore", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="library versions, devices and the data root")
+    sub.add_parser("data-root", help="print the directory datasets are read from")
+    args = parser.parse_args(argv)
+    if args.command == "data-root":
+        print(data_root())
+        return 0
+    import torch
+
+    info = {"labcore": __version__, **library_versions(), "cuda": torch.cuda.is_available(),
+            "data_root": str(data_root())}  # fmt: skip
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

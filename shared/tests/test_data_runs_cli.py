@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labcore.cli import UserError, common_parser, error_boundary, parse_args
+from labcore.data import data_root, load_digits_images, split_indices, stratified_split
+from labcore.runs import Claim, Timer, resolve_device, seed_everything, write_result
+
+
+def test_data_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABCORE_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    monkeypatch.delenv("LABCORE_DATA")
+    assert data_root().name == "labcore"
+
+
+def test_splits_partition_and_are_seeded():
+    parts = split_indices(103, (0.6, 0.2, 0.2), seed=3)
+    assert [len(p) for p in parts] == [62, 20, 21]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    assert all((a == b).all() for a, b in zip(parts, split_indices(103, (0.6, 0.2, 0.2), seed=3)))
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_indices(10, (0.5, 0.2))
+
+
+def test_stratified_split_keeps_proportions():
+    y = np.repeat([0, 1, 2], [100, 50, 10])
+    train, test = stratified_split(y, (0.8, 0.2), seed=0)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 160
+    assert np.bincount(y[test]).tolist() == [20, 10, 2]
+
+
+def test_digits_images():
+    x, y = load_digits_images(size=16, channels=3)
+    assert x.shape == (1797, 3, 16, 16) and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and torch.equal(x[:, 0], x[:, 2])
+    assert y.tolist().count(0) == 178 and y.max() == 9
+
+
+def test_seed_timer_device():
+    seed_everything(5)
+    a = torch.rand(3)
+    seed_everything(5)
+    assert torch.equal(a, torch.rand(3))
+    with Timer() as t:
+        sum(range(1000))
+    assert t.elapsed > 0
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_write_result_schema(tmp_path):
+    path = write_result(
+        tmp_path, package="labcore", command="bench", dataset="none",
+        metrics={"acc": np.float32(0.5), "t": torch.tensor(2.0)}, seed=1,
+        claims=[Claim("faster", "time_s", 1.0, 4.0, "s")],
+    )  # fmt: skip
+    rec = json.loads(path.read_text())
+    assert path.name == "labcore_bench.json"
+    assert {"package", "version", "command", "dataset", "metrics", "memory", "timings", "config",
+            "device", "versions", "seed", "claims"} <= set(rec)  # fmt: skip
+    assert rec["version"] == "0.1.0" and rec["metrics"] == {"acc": 0.5, "t": 2.0}
+    assert rec["claims"][0]["ratio"] == 0.25 and "torch" in rec["versions"]
+
+
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="pkg")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", parents=[common_parser("pkg")])
+    d.add_argument("--epochs", type=int, default=3)
+    return p
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"epochs": 7, "seed": 4}))
+    args = parse_args(_parser(), ["demo", "--config", str(cfg), "--seed", "9"])
+    assert (args.epochs, args.seed) == (7, 9)
+    toml = tmp_path / "c.toml"
+    toml.write_text("epochs = 11\n")
+    assert parse_args(_parser(), ["demo", "--config", str(toml)]).epochs == 11
+    cfg.write_text(json.dumps({"nope": 1}))
+    with pytest.raises(UserError, match="unknown keys"):
+        parse_args(_parser(), ["demo", "--config", str(cfg)])
+
+
+def test_error_boundary_one_line(capsys):
+    @error_boundary("pkg")
+    def main(argv=None):
+        if argv == "missing":
+            open("/nonexistent/file.txt")
+        raise UserError("bad layout: expected images/ and annotations/")
+
+    assert main() == 2
+    assert capsys.readouterr().err == "pkg: error: bad layout: expected images/ and annotations/\n"
+    assert main("missing") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pkg: error:") and "/nonexistent/file.txt" in err and err.count("\n") == 1

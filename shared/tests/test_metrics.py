@@ -35,7 +35,9 @@ def test_topk_accuracy_brute_force():
     top1, top5 = topk_accuracy(logits, y, topk=(1, 5))
     order = logits.argsort(1, descending=True)
     assert top1 == pytest.approx((order[:, 0] == y).float().mean().item())
-    assert top5 == pytest.approx(np.mean([y[i].item() in order[i, :5].tolist() for i in range(200)]))
+    assert top5 == pytest.approx(
+        np.mean([y[i].item() in order[i, :5].tolist() for i in range(200)])
+    )
 
 
 def test_miou_hand_count_and_ignore_index():

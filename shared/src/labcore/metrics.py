@@ -131,6 +131,5 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     conf = p.max(1)
     correct = (p.argmax(1) == y).astype(np.float64)
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
     gap = np.bincount(bins, weights=correct - conf, minlength=n_bins)
     return float(np.abs(gap).sum() / len(y))

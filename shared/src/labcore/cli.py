@@ -113,6 +113,11 @@ def error_boundary(prog: str) -> Callable[[Callable[..., int | None]], Callable[
                 )  # fmt: skip
                 print(f"{prog}: error: {msg}", file=sys.stderr)
                 return 2
+            except BrokenPipeError:  # output piped into `head` and closed: not an error
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130

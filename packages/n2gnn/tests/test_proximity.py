@@ -5,7 +5,7 @@ from n2gnn.proximity import Proximity
 
 
 def brute_force(psi: Proximity, X, Y, x_pieces, y_pieces):
-    """ψ(a, b) = Σ_c λ_c ⟨a^c, b^c⟩ / (k q), one scalar at a time (single piece = all pieces equal)."""
+    """ψ(a, b) = Σ_c λ_c ⟨a^c, b^c⟩ / (k q), one scalar at a time (one piece = k equal ones)."""
     k, q = psi.pieces, X.shape[-1]
     lam = psi.weight.detach()
     Xp = X if x_pieces else X.unsqueeze(-3).expand(*X.shape[:-2], k, *X.shape[-2:])
@@ -22,7 +22,9 @@ def brute_force(psi: Proximity, X, Y, x_pieces, y_pieces):
     return out
 
 
-@pytest.mark.parametrize("x_pieces,y_pieces", [(False, False), (True, False), (False, True), (True, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "x_pieces,y_pieces", [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_shape_cases_match_brute_force(x_pieces, y_pieces):
     torch.manual_seed(0)
     k, q = 3, 5
@@ -31,7 +33,8 @@ def test_shape_cases_match_brute_force(x_pieces, y_pieces):
     Y = torch.randn(2, k, 6, q) if y_pieces else torch.randn(2, 6, q)
     out = psi(X, Y, x_pieces, y_pieces)
     assert out.shape == (2, 4, 6)
-    torch.testing.assert_close(out.double(), brute_force(psi, X, Y, x_pieces, y_pieces), atol=1e-6, rtol=1e-5)  # fmt: skip
+    ref = brute_force(psi, X, Y, x_pieces, y_pieces)
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-5)
 
 
 def test_signed_and_unnormalised():

@@ -66,8 +66,8 @@ class N2Cell(nn.Module):
 
     Shapes:
         M ``(B, n, d)``, Q ``(B, n, q)``, R ``(1, np, q)`` or ``(B, k, np, q)``, adj a sparse
-        ``(B n, B n)`` operator over the padded node index, mask ``(B, n)``, num_nodes ``(B, 1, 1)``;
-        returns ``(M', Q', R')`` with R' ``(B, k, np, q)``.
+        ``(B n, B n)`` operator over the padded node index, mask ``(B, n)``, num_nodes
+        ``(B, 1, 1)``; returns ``(M', Q', R')`` with R' ``(B, k, np, q)``.
     """
 
     def __init__(

@@ -7,12 +7,12 @@ from torch import Tensor, nn
 
 
 class Proximity(nn.Module):
-    r"""Learned proximity :math:`\psi(a, b) = \sum_{c=1}^k \lambda_c \langle a^c, b^c \rangle / (k q)`.
+    r"""Learned proximity :math:`\psi(a,b) = \sum_{c=1}^k \lambda_c\langle a^c, b^c\rangle/(kq)`.
 
-    Paper Eq. 1 writes :math:`\psi(a,b)=\sum_i \lambda_i\langle NL_i(a), NL_i(b)\rangle`; the official
-    code realises the :math:`k` "pieces" as the pseudo-node positions produced by the displacement
-    head, so an input either has one piece, shape ``(..., m, q)``, or :math:`k` pieces, shape
-    ``(..., k, m, q)``. With :math:`\lambda\in\mathbb{R}^k` (one per instance, init
+    Paper Eq. 1 writes :math:`\psi(a,b)=\sum_i\lambda_i\langle NL_i(a), NL_i(b)\rangle`; the
+    official code realises the :math:`k` "pieces" as the pseudo-node positions produced by the
+    displacement head, so an input either has one piece, shape ``(..., m, q)``, or :math:`k`
+    pieces, shape ``(..., k, m, q)``. With :math:`\lambda\in\mathbb{R}^k` (one per instance, init
     :math:`\mathcal N(0,1)`):
 
     * one piece each: :math:`\psi = \bar\lambda\, X Y^\top / q` (:math:`\bar\lambda` = mean of λ);
@@ -46,7 +46,9 @@ class Proximity(nn.Module):
         """Σ_c λ_c Z^c / k over the piece dim of ``(*, k, m, q)`` -> ``(*, m, q)``."""
         return torch.einsum("...kmq,k->...mq", Z, self.weight) / self.pieces
 
-    def forward(self, X: Tensor, Y: Tensor, x_pieces: bool = False, y_pieces: bool = False) -> Tensor:
+    def forward(
+        self, X: Tensor, Y: Tensor, x_pieces: bool = False, y_pieces: bool = False
+    ) -> Tensor:
         q = X.shape[-1]
         if x_pieces and y_pieces:
             psi = torch.einsum("...kaq,...kbq,k->...ab", X, Y, self.weight) / (self.pieces * q)

@@ -1,0 +1,225 @@
+r"""Full-ranking evaluation with the user's training items masked.
+
+For a user, rank every item by score (descending; ties by item id), training items removed.
+Let L = #non-train items, P = |test|, r_1 < … < r_P the 1-based ranks of the test items and
+h_k = #test items in the top k. Per user:
+
+* P@k = h_k / k,  R@k = h_k / P,  NDCG@k = Σ_{r_j ≤ k} 1/log2(r_j + 1) / IDCG@k
+* AP = Σ_j j / r_j / H (H = #test items ranked; = P when the splits are disjoint),
+  MRR = 1 / r_1 (first hit only), NDCG = Σ_j 1/log2(r_j + 1) / Σ_{k ≤ P} 1/log2(k + 1),
+  AUC = 1 − Σ_j (r_j − j) / (P (L − P))  (= 1 when L ≤ P).
+
+Two conventions, always labelled in the results:
+
+* ``official`` (statusrank/DPCML ``evaluate.py``): P/R/NDCG@k skip users with P < k and use
+  IDCG@k over k positions; MAP/MRR/AUC/NDCG skip users with P < 3.
+* ``standard``: every user with P ≥ 1 counts everywhere; IDCG@k over min(k, P) positions.
+
+The vectorised path scores a chunk of users with one call (one matmul for :class:`DPCML`), sorts
+each row once, and gets every metric from cumulative sums; :func:`naive_evaluate` is the
+per-user loop it must agree with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["CONVENTIONS", "as_scorer", "evaluate_ranking", "naive_evaluate", "recommend"]
+
+CONVENTIONS = ("official", "standard")
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def as_scorer(model_or_scores, device: torch.device | str = "cpu") -> Scorer:
+    """A function users (B,) -> scores (B, I): from a model with ``full_scores`` or a matrix."""
+    if hasattr(model_or_scores, "full_scores"):
+        return model_or_scores.full_scores
+    if callable(model_or_scores):
+        return model_or_scores
+    s = torch.as_tensor(np.asarray(model_or_scores)).to(device)
+    return lambda users: s[users.to(s.device)]
+
+
+def _dense_rows(m: sp.csr_matrix, users: np.ndarray, device) -> torch.Tensor:
+    """Rows ``users`` of a CSR as a dense (B, I) bool tensor."""
+    sub = m[users]
+    mask = torch.zeros(sub.shape, dtype=torch.bool, device=device)
+    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+    cols = sub.indices.astype(np.int64)
+    mask[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = True
+    return mask
+
+
+def _check(train, test, ks, convention):
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if train.shape != test.shape:
+        raise ValueError(f"train {train.shape} and test {test.shape} shapes differ")
+    if any(k < 1 for k in ks):
+        raise ValueError("every k must be >= 1")
+    return sp.csr_matrix(train), sp.csr_matrix(test)
+
+
+def _rank_chunks(scorer, train, test, users, chunk_size, device):
+    """Yield (users, hits (B, I) bool in rank order, P (B,), L (B,)) per chunk."""
+    for start in range(0, len(users), chunk_size):
+        u = users[start : start + chunk_size]
+        ut = torch.from_numpy(u).to(device)
+        scores = scorer(ut).to(device)
+        tr = _dense_rows(train, u, device)
+        te = _dense_rows(test, u, device) & ~tr
+        scores = scores.masked_fill(tr, -math.inf)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        yield (u, te.gather(1, order),
+               torch.from_numpy(np.diff(test[u].indptr)).to(device).double(),
+               (~tr).sum(1).double())  # fmt: skip
+
+
+def evaluate_ranking(
+    scorer,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    ks: Sequence[int] = (3, 5),
+    convention: str = "official",
+    users=None,
+    chunk_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """P@k, R@k, NDCG@k for each k, then MAP, MRR, AUC, NDCG (means; see the module docstring).
+
+    ``scorer``: a model with ``full_scores``, a callable users -> (B, I) scores, or a (U, I)
+    matrix. ``users``: the users to evaluate (default all). Also returns ``n_users@k`` and
+    ``n_users`` (users counted). Means over zero users are NaN.
+    """
+    train, test = _check(train, test, ks, convention)
+    scorer = as_scorer(scorer, device)
+    users = np.arange(train.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
+    users = users[np.diff(test.indptr)[users] > 0]
+    n_items = train.shape[1]
+    pos = torch.arange(1, n_items + 1, dtype=torch.float64, device=device)
+    disc = 1.0 / torch.log2(pos + 1.0)
+    idcg = torch.cat([torch.zeros(1, dtype=torch.float64, device=device), disc.cumsum(0)])
+    official = convention == "official"
+    sums = {n: 0.0 for n in [*(f"{m}@{k}" for k in ks for m in ("P", "R", "NDCG")),
+                             "MAP", "MRR", "AUC", "NDCG"]}  # fmt: skip
+    counts = {**{f"n_users@{k}": 0 for k in ks}, "n_users": 0}
+    for _, hits, p, l in _rank_chunks(scorer, train, test, users, chunk_size, device):
+        h = hits.double()
+        cum = h.cumsum(1)
+        for k in ks:
+            kk = min(k, n_items)
+            keep = p >= k if official else p >= 1
+            hk = cum[:, kk - 1]
+            ideal = idcg[kk] if official else idcg[torch.clamp(p, max=k).long()]
+            dcg = (h[:, :kk] * disc[:kk]).sum(1)
+            sums[f"P@{k}"] += (hk / k)[keep].sum().item()
+            sums[f"R@{k}"] += (hk / p)[keep].sum().item()
+            sums[f"NDCG@{k}"] += (dcg / ideal)[keep].sum().item()
+            counts[f"n_users@{k}"] += int(keep.sum())
+        keep = p >= 3 if official else p >= 1
+        n_hit = cum[:, -1]
+        any_hit = n_hit > 0
+        ap = (h * cum / pos).sum(1) / (n_hit if official else p).clamp_min(1)
+        first = torch.argmax(hits.to(torch.uint8), dim=1).double() + 1.0
+        mrr = torch.where(any_hit, 1.0 / first, torch.zeros_like(first))
+        ndcg = (h * disc).sum(1) / idcg[p.long()]
+        auc_num = (h * (l.unsqueeze(1) - pos + 1.0)).sum(1) - p * (p + 1) / 2
+        auc = torch.where(l <= p, torch.ones_like(p), auc_num / (p * (l - p)).clamp_min(1))
+        for name, v in (("MAP", ap), ("MRR", mrr), ("AUC", auc), ("NDCG", ndcg)):
+            sums[name] += v[keep].sum().item()
+        counts["n_users"] += int(keep.sum())
+    out = {}
+    for name, s in sums.items():
+        n = counts[f"n_users@{name.split('@')[1]}"] if "@" in name else counts["n_users"]
+        out[name] = s / n if n else math.nan
+    return {**out, **counts}
+
+
+def recommend(
+    scorer, train: sp.csr_matrix, k: int, users=None, chunk_size: int = 1024, device="cpu"
+) -> np.ndarray:
+    """Top-k item ids per user with training items masked: (n_users, k) int64."""
+    train = sp.csr_matrix(train)
+    scorer = as_scorer(scorer, device)
+    users = np.arange(train.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
+    out = []
+    for start in range(0, len(users), chunk_size):
+        u = users[start : start + chunk_size]
+        scores = scorer(torch.from_numpy(u).to(device)).to(device)
+        scores = scores.masked_fill(_dense_rows(train, u, device), -math.inf)
+        out.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k].cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)
+
+
+def naive_evaluate(
+    scorer,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    ks: Sequence[int] = (3, 5),
+    convention: str = "official",
+    users=None,
+    chunk_size: int = 100,
+) -> dict[str, float]:
+    """Per-user Python loop in the style of the official ``Evaluator`` (reference and baseline).
+
+    Same definitions and conventions as :func:`evaluate_ranking`; it walks each user's ranked list
+    item by item with Python sets.
+    """
+    train, test = _check(train, test, ks, convention)
+    scorer = as_scorer(scorer)
+    users = np.arange(train.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
+    official = convention == "official"
+    lists: dict[str, list[float]] = {}
+
+    def add(name, v):
+        lists.setdefault(name, []).append(v)
+
+    for start in range(0, len(users), chunk_size):
+        chunk = users[start : start + chunk_size]
+        scores = scorer(torch.from_numpy(chunk)).cpu()
+        ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices.tolist()
+        for u, tops in zip(chunk, ranked):
+            train_set = set(train.indices[train.indptr[u] : train.indptr[u + 1]].tolist())
+            test_set = set(test.indices[test.indptr[u] : test.indptr[u + 1]].tolist())
+            if not test_set:
+                continue
+            new = [v for v in tops if v not in train_set]
+            hit_ranks = [i + 1 for i, v in enumerate(new) if v in test_set]
+            n_test = len(test_set)
+            for k in ks:
+                if official and n_test < k:
+                    continue
+                top = [r for r in hit_ranks if r <= k]
+                n_ideal = k if official else min(k, n_test)
+                ideal = sum(1.0 / math.log2(i + 2) for i in range(n_ideal))
+                add(f"P@{k}", len(top) / k)
+                add(f"R@{k}", len(top) / n_test)
+                add(f"NDCG@{k}", sum(1.0 / math.log2(r + 1) for r in top) / ideal)
+            if official and n_test < 3:
+                continue
+            ideal = sum(1.0 / math.log2(i + 2) for i in range(n_test))
+            if hit_ranks:
+                denom = len(hit_ranks) if official else n_test
+                add("MAP", sum((j + 1) / r for j, r in enumerate(hit_ranks)) / denom)
+                add("MRR", 1.0 / hit_ranks[0])
+                add("NDCG", sum(1.0 / math.log2(r + 1) for r in hit_ranks) / ideal)
+            else:
+                for name in ("MAP", "MRR", "NDCG"):
+                    add(name, 0.0)
+            n_all = len(new)
+            if n_all <= n_test:
+                add("AUC", 1.0)
+            else:
+                above = sum(n_all - r + 1 for r in hit_ranks)
+                add("AUC", (above - n_test * (n_test + 1) / 2) / (n_test * (n_all - n_test)))
+    out = {f"{m}@{k}": math.nan for k in ks for m in ("P", "R", "NDCG")}
+    out.update({m: math.nan for m in ("MAP", "MRR", "AUC", "NDCG")})
+    out.update({name: float(np.mean(v)) for name, v in lists.items()})
+    out.update({f"n_users@{k}": len(lists.get(f"P@{k}", [])) for k in ks})
+    out["n_users"] = len(lists.get("MRR", []))
+    return out

@@ -1,0 +1,83 @@
+"""The official training loop: resample negatives each epoch, Adam, project users every step,
+select the epoch with the best validation P@3 (official convention)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import scipy.sparse as sp
+import torch
+
+from dpcml.model import DPCML
+from dpcml.ranking import evaluate_ranking
+from dpcml.sampler import TripletSampler
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and the selected epoch (the model holds that epoch's weights)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: float = float("nan")
+    train_seconds: float = 0.0
+    tuples_seen: int = 0
+
+
+def fit(
+    model: DPCML,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix | None = None,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    select_metric: str = "P@3",
+    progress=None,
+) -> FitResult:
+    """Train ``model`` in place with its config (sampling, S, lr, batch size, epochs).
+
+    With ``val``, evaluates after every epoch (official convention) and restores the weights of
+    the best epoch by ``select_metric`` (P@3, as the official ``k=[5,3]`` selects). ``progress``
+    wraps the epoch iterator (e.g. ``labcore.cli.progress``).
+    """
+    cfg = model.config
+    epochs = cfg.epochs if epochs is None else epochs
+    model.to(device)
+    sampler = TripletSampler(train, cfg.num_negatives, cfg.sampling, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    result, best_state = FitResult(), None
+    k = int(select_metric.split("@")[1]) if "@" in select_metric else 3
+    epoch_iter = range(epochs) if progress is None else progress(range(epochs), desc="epochs")
+    for epoch in epoch_iter:
+        model.train()
+        start, total, n = time.perf_counter(), 0.0, 0
+        for users, pos, neg in sampler.batches(cfg.batch_size, device):
+            loss = model(users, pos, neg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.project_users_()
+            total += loss.item()
+            n += len(users)
+        result.train_seconds += time.perf_counter() - start
+        result.tuples_seen += n
+        record = {"epoch": epoch, "loss": total / max(n, 1)}
+        if val is not None:
+            model.eval()
+            metrics = evaluate_ranking(model, train, val, ks=(k,), device=device)
+            record[f"val_{select_metric}"] = metrics[select_metric]
+            if not metrics[select_metric] <= result.best_val:  # also true for the first (NaN)
+                result.best_epoch, result.best_val = epoch, metrics[select_metric]
+                best_state = copy.deepcopy(model.state_dict())
+        result.history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif epochs:
+        result.best_epoch = epochs - 1
+    model.eval()
+    return result

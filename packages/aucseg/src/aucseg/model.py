@@ -1,0 +1,76 @@
+"""A real, small segmenter: a timm backbone (``features_only=True``) and a light FPN decoder.
+
+The paper's model is SegNeXt-L (MSCAN-L + LightHamHead); it is not feasible on a 2-core CPU, so
+the demo uses timm ``resnet18`` (random init unless a checkpoint is given). The AUC loss and the
+bank are model-agnostic: the paper plugs them into DeepLabV3+, OCRNet, EMANet and ISANet alike.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FPNSegmenter", "build_segmenter"]
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
+    )
+
+
+class FPNSegmenter(nn.Module):
+    r"""Backbone features :math:`C_2..C_5` (strides 4–32) -> FPN top-down path -> per-pixel logits.
+
+    Decoder: lateral 1×1 convs to ``channels``; :math:`P_l = L_l + \mathrm{up}(P_{l+1})`; every
+    :math:`P_l` is upsampled to stride 4 and summed, then a 3×3 conv-BN-ReLU, dropout and a 1×1
+    classifier. ``forward(x (B, 3, H, W)) -> logits (B, K, H/4, W/4)``; the loss upsamples them
+    to the label size (as the mmseg decode head does); :meth:`predict` returns (B, K, H, W).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        channels: int = 64,
+        pretrained: bool = False,
+        checkpoint_path: str = "",
+        dropout: float = 0.1,
+        out_indices: tuple[int, ...] = (1, 2, 3, 4),
+    ):
+        super().__init__()
+        self.backbone = timm.create_model(
+            backbone, features_only=True, out_indices=out_indices, pretrained=pretrained,
+            pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
+        )  # fmt: skip
+        in_ch = self.backbone.feature_info.channels()
+        self.strides = self.backbone.feature_info.reduction()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_ch)
+        self.fuse = _conv_bn_relu(channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.backbone(x)
+        p = self.lateral[-1](feats[-1])
+        outs = [p]
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            p = lat(f) + F.interpolate(p, f.shape[-2:], mode="bilinear", align_corners=False)
+            outs.append(p)
+        size = outs[-1].shape[-2:]  # the finest level
+        fused = sum(F.interpolate(o, size, mode="bilinear", align_corners=False) for o in outs[:-1])
+        return self.classifier(self.dropout(self.fuse(fused + outs[-1])))
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits upsampled to the input size, (B, K, H, W)."""
+        return F.interpolate(self(x), x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(num_classes: int, backbone: str = "resnet18", **kw) -> FPNSegmenter:
+    """An :class:`FPNSegmenter`; ``backbone`` is any timm model supporting ``features_only``."""
+    try:
+        return FPNSegmenter(num_classes, backbone, **kw)
+    except RuntimeError as e:
+        raise ValueError(f"cannot build backbone {backbone!r}: {e}") from None

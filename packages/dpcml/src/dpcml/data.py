@@ -121,6 +121,8 @@ def _read_table(path: Path, sep: str, skip_header: bool, name: str) -> np.ndarra
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     text = path.read_bytes()
+    if not text.strip():
+        raise UserError(f"{path}: empty {name} file")
     if sep == "::":
         text, sep = text.replace(b"::", b"\t"), "\t"
     try:
@@ -128,8 +130,6 @@ def _read_table(path: Path, sep: str, skip_header: bool, name: str) -> np.ndarra
                            skiprows=int(skip_header), dtype=np.float64, ndmin=2)  # fmt: skip
     except ValueError as e:
         raise UserError(f"{path}: not a {name} file ({str(e).splitlines()[0]})") from None
-    if table.shape[0] == 0:
-        raise UserError(f"{path}: empty {name} file")
     return table
 
 

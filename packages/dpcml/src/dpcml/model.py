@@ -90,7 +90,7 @@ class DPCML(nn.Module):
                                self._valid(users))[0]  # fmt: skip
 
     def assignments(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Index of the user vector closest to each item (the arg-min c), same shape as ``items``."""
+        """Index of the user vector closest to each item (arg-min c), same shape as ``items``."""
         return min_sq_distance(self.user_vectors(users), self.item_embeddings(items),
                                self._valid(users))[1]  # fmt: skip
 

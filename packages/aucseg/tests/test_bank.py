@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from aucseg import TMemoryBank
 
 H = W = 32
@@ -31,7 +32,9 @@ def test_capacity_is_bounded_and_entries_are_copies():
     stored = bank.banks[6][0].image.clone()
     img.fill_(-7.0)  # mutating the source (the official bank kept a reference) must not leak in
     assert torch.equal(bank.banks[6][0].image, stored)
-    assert bank.nbytes == sum(e.image.numel() * 4 + e.mask.numel() for v in bank.banks.values() for e in v)
+    assert bank.nbytes == sum(
+        e.image.numel() * 4 + e.mask.numel() for v in bank.banks.values() for e in v
+    )
 
 
 def test_replacement_slot_is_uniform():
@@ -117,11 +120,16 @@ def test_resized_paste_is_scaled_and_inside_the_image():
 def test_label_with_channel_axis_and_bad_arguments():
     bank = filled_bank([10, 11], 1.0)
     img, lab = sample_with({})
-    out_img, out_lab = bank(img, lab[None])
+    _, out_lab = bank(img, lab[None])
     assert out_lab.shape == (1, H, W)
     with pytest.raises(ValueError, match="expected image"):
         bank(img[0], lab)
-    for kwargs in ({"p_sample": 1.5}, {"p_resize": 0.0}, {"memory_size": 0}, {"tail_classes": [25]}):
+    for kwargs in (
+        {"p_sample": 1.5},
+        {"p_resize": 0.0},
+        {"memory_size": 0},
+        {"tail_classes": [25]},
+    ):
         args = {"num_classes": 20, "tail_classes": [3], **kwargs}
         with pytest.raises(ValueError):
             TMemoryBank(**args)

@@ -3,6 +3,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+
 from aucseg import AUCLoss, SegmentationLoss, auc_loss
 
 K = 6
@@ -89,7 +90,9 @@ def test_pixel_permutation_invariance():
     for s in ("square", "exp"):
         a = auc_loss(logits, target, surrogate=s)
         torch.testing.assert_close(a, auc_loss(permuted, permuted_target, surrogate=s))
-        torch.testing.assert_close(a, auc_loss(reshaped, permuted_target.reshape(4, -1, 1), surrogate=s))
+        torch.testing.assert_close(
+            a, auc_loss(reshaped, permuted_target.reshape(4, -1, 1), surrogate=s)
+        )
 
 
 def test_perfect_separation_gives_zero():

@@ -116,9 +116,10 @@ class TMemoryBank:
         )
 
     def _present_tail(self, label: Tensor) -> list[int]:
-        ids = torch.unique(label)
-        ids = ids[(ids >= 0) & (ids < self.num_classes)].long()
-        return ids[self._is_tail[ids]].tolist()
+        k = self.num_classes
+        lab = label.reshape(-1).long()
+        counts = torch.bincount(torch.where((lab >= 0) & (lab < k), lab, k), minlength=k + 1)
+        return torch.nonzero((counts[:k] > 0) & self._is_tail).squeeze(1).tolist()
 
     def store(self, image: Tensor, label: Tensor, classes: Iterable[int]) -> None:
         """Store a copy of each listed class's object (bbox crop, mask, position)."""

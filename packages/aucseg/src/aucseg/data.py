@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from labcore.cli import UserError
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from labcore.cli import UserError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,24 +51,34 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "ade20k": Layout(
-        "ade20k", 150,
+        "ade20k",
+        150,
         {"train": "images/training", "val": "images/validation"},
         {"train": "annotations/training", "val": "annotations/validation"},
-        ".jpg", ".png", reduce_zero_label=True, subdir="ADEChallengeData2016",
+        ".jpg",
+        ".png",
+        reduce_zero_label=True,
+        subdir="ADEChallengeData2016",
     ),
     "cityscapes": Layout(
-        "cityscapes", 19,
+        "cityscapes",
+        19,
         {"train": "leftImg8bit/train", "val": "leftImg8bit/val"},
         {"train": "gtFine/train", "val": "gtFine/val"},
-        "_leftImg8bit.png", "_gtFine_labelTrainIds.png", reduce_zero_label=False,
+        "_leftImg8bit.png",
+        "_gtFine_labelTrainIds.png",
+        reduce_zero_label=False,
     ),
     "cocostuff": Layout(
-        "cocostuff", 171,
+        "cocostuff",
+        171,
         {"train": "images/train2017", "val": "images/val2017"},
         {"train": "annotations/train2017", "val": "annotations/val2017"},
-        ".jpg", "_labelTrainIds.png", reduce_zero_label=False,
+        ".jpg",
+        "_labelTrainIds.png",
+        reduce_zero_label=False,
     ),
-}  # fmt: skip
+}
 
 
 def get_layout(name: str) -> Layout:
@@ -112,10 +123,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
-    """Label map as an (H, W) uint8 array; ``reduce_zero_label``: 0 -> 255, k -> k - 1, 255 stays."""
+    """Label map, (H, W) uint8; ``reduce_zero_label``: 0 -> 255, k -> k - 1, 255 stays."""
     with Image.open(path) as im:
         if im.mode not in ("L", "P"):
-            raise UserError(f"label {path} has mode {im.mode}; expected an 8-bit single-channel PNG")
+            raise UserError(
+                f"label {path} has mode {im.mode}; expected an 8-bit single-channel PNG"
+            )
         lab = np.asarray(im).astype(np.uint8)
     if reduce_zero_label:
         lab = lab.copy()
@@ -220,7 +233,10 @@ class FolderSegmentation(Dataset):
         ratio = float(self.rng.uniform(*self.ratio_range))
         img, lab = _resize_pair(img, lab, self._fit_scale(*lab.shape, ratio))
         y, x = _random_crop(lab, self.crop, self.rng, self.cat_max_ratio)
-        img, lab = img[:, y : y + self.crop, x : x + self.crop], lab[y : y + self.crop, x : x + self.crop]
+        img, lab = (
+            img[:, y : y + self.crop, x : x + self.crop],
+            lab[y : y + self.crop, x : x + self.crop],
+        )
         if self.rng.random() < 0.5:
             img, lab = img.flip(-1), lab.flip(-1)
         img = normalize(img)
@@ -248,8 +264,10 @@ class TensorSegmentation(Dataset):
         seed: int = 0,
     ):
         if images.dim() != 4 or labels.shape != images.shape[:1] + images.shape[2:]:
-            raise ValueError(f"images (N,3,H,W) and labels (N,H,W) expected, got "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")  # fmt: skip
+            raise ValueError(
+                f"images (N,3,H,W) and labels (N,H,W) expected, got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         self.images, self.labels, self.train, self.bank = images, labels, train, bank
         self.rng = np.random.default_rng(seed)
 

@@ -163,9 +163,14 @@ class AUCLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return auc_loss(
-            logits, target, surrogate=self.surrogate, transform=self.transform,
-            scale=self.scale, gamma=self.gamma, ignore_index=self.ignore_index,
-        )  # fmt: skip
+            logits,
+            target,
+            surrogate=self.surrogate,
+            transform=self.transform,
+            scale=self.scale,
+            gamma=self.gamma,
+            ignore_index=self.ignore_index,
+        )
 
     def extra_repr(self) -> str:
         return f"surrogate={self.surrogate}, transform={self.transform}, scale={self.scale}"

@@ -41,9 +41,12 @@ class FPNSegmenter(nn.Module):
     ):
         super().__init__()
         self.backbone = timm.create_model(
-            backbone, features_only=True, out_indices=out_indices, pretrained=pretrained,
+            backbone,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained=pretrained,
             pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
-        )  # fmt: skip
+        )
         in_ch = self.backbone.feature_info.channels()
         self.strides = self.backbone.feature_info.reduction()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_ch)

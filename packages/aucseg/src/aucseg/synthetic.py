@@ -23,15 +23,36 @@ from torch import Tensor
 
 __all__ = ["CLASS_NAMES", "TAIL_PRESENCE", "SyntheticScenes", "make_scenes", "make_synthetic"]
 
-CLASS_NAMES = ("sky", "ground", "wall", "tree", "car", "person", "disc", "triangle", "cross", "ring")
+CLASS_NAMES = (
+    "sky",
+    "ground",
+    "wall",
+    "tree",
+    "car",
+    "person",
+    "disc",
+    "triangle",
+    "cross",
+    "ring",
+)
 MIDDLE_PRESENCE = (0.60, 0.45, 0.30)
 TAIL_PRESENCE = (0.08, 0.05, 0.03, 0.02)
 # class colours (RGB); tail colours sit near head / middle ones on purpose
-_COLOURS = np.array([
-    (110, 160, 220), (120, 100, 60), (150, 150, 150),   # sky, ground, wall
-    (60, 140, 60), (180, 50, 50), (200, 170, 140),       # tree, car, person
-    (215, 175, 120), (170, 70, 120), (90, 170, 210), (175, 175, 175),  # disc .. ring
-], dtype=np.float32)  # fmt: skip
+_COLOURS = np.array(
+    [
+        (110, 160, 220),
+        (120, 100, 60),
+        (150, 150, 150),  # sky, ground, wall
+        (60, 140, 60),
+        (180, 50, 50),
+        (200, 170, 140),  # tree, car, person
+        (215, 175, 120),
+        (170, 70, 120),
+        (90, 170, 210),
+        (175, 175, 175),  # disc .. ring
+    ],
+    dtype=np.float32,
+)
 _NOISE = 22.0  # per-pixel colour noise (std)
 _JITTER = 25.0  # per-object colour jitter (std)
 
@@ -86,7 +107,9 @@ def _scenes_chunk(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndarray,
             shape = (dy <= r / 2) & (np.abs(dx) <= 0.577 * (dy + r))
         elif c == 8:
             arm = np.maximum(r / 3, 1.0)
-            shape = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+            shape = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | (
+                (np.abs(dy) <= arm) & (np.abs(dx) <= r)
+            )
         else:
             shape = (d <= r) & (d >= 0.5 * r)
         label[shape & (rng.random((n, 1, 1)) < q)] = c
@@ -95,18 +118,20 @@ def _scenes_chunk(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndarray,
     k = len(CLASS_NAMES)
     base = _COLOURS[None] + rng.normal(0, _JITTER, size=(n, k, 3)).astype(np.float32)  # (n,K,3)
     img = base[np.arange(n)[:, None, None], label]  # (n, S, S, 3)
-    texture = np.stack([
-        0.25 * (yy[0] - s / 2),                      # sky: vertical gradient
-        8 * np.sin(xx[0] / 3.0) * np.sin(yy[0] / 5.0),  # ground: soft pattern
-        12 * ((yy[0] // 4) % 2),                     # wall: horizontal courses
-        10 * np.sin(xx[0] + yy[0]),                  # tree: fine leaves
-        np.zeros((s, s), np.float32),                # car: flat
-        6 * np.cos(yy[0] / 2.0),                     # person
-        np.zeros((s, s), np.float32),                # disc
-        10 * np.sin(xx[0] * 1.5),                    # triangle: stripes
-        np.zeros((s, s), np.float32),                # cross
-        12 * ((xx[0] + yy[0]) % 2),                  # ring: checker
-    ]).astype(np.float32)  # fmt: skip
+    texture = np.stack(
+        [
+            0.25 * (yy[0] - s / 2),  # sky: vertical gradient
+            8 * np.sin(xx[0] / 3.0) * np.sin(yy[0] / 5.0),  # ground: soft pattern
+            12 * ((yy[0] // 4) % 2),  # wall: horizontal courses
+            10 * np.sin(xx[0] + yy[0]),  # tree: fine leaves
+            np.zeros((s, s), np.float32),  # car: flat
+            6 * np.cos(yy[0] / 2.0),  # person
+            np.zeros((s, s), np.float32),  # disc
+            10 * np.sin(xx[0] * 1.5),  # triangle: stripes
+            np.zeros((s, s), np.float32),  # cross
+            12 * ((xx[0] + yy[0]) % 2),  # ring: checker
+        ]
+    ).astype(np.float32)
     rows, cols = np.mgrid[0:s, 0:s]
     img += texture[label, rows, cols][..., None]
     img += rng.normal(0, _NOISE, size=img.shape).astype(np.float32)

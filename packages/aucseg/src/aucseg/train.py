@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from labcore.cli import progress
-from labcore.metrics import ConfusionMatrix
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from aucseg.loss import SegmentationLoss
+from labcore.cli import progress
+from labcore.metrics import ConfusionMatrix
 
 __all__ = [
     "TrainConfig",
@@ -59,15 +59,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups: dict[tuple[bool, bool], list[Tensor]] = {}
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
     for mod_name, mod in model.named_modules():
-        for name, p in mod.named_parameters(recurse=False):
+        for p in mod.parameters(recurse=False):
             if p.requires_grad:
                 key = (isinstance(mod, norm_types), not mod_name.startswith("backbone"))
                 groups.setdefault(key, []).append(p)
     param_groups = [
-        {"params": ps, "weight_decay": 0.0 if is_norm else cfg.weight_decay,
-         "lr_mult": cfg.head_lr_mult if is_head else 1.0}
+        {
+            "params": ps,
+            "weight_decay": 0.0 if is_norm else cfg.weight_decay,
+            "lr_mult": cfg.head_lr_mult if is_head else 1.0,
+        }
         for (is_norm, is_head), ps in groups.items()
-    ]  # fmt: skip
+    ]
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
@@ -80,8 +83,15 @@ def batch_coverage(labels: Tensor, classes: Sequence[int]) -> bool:
 
 def _batches(dataset: Dataset, cfg: TrainConfig, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=gen,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
     while True:
         yield from loader
 
@@ -119,9 +129,13 @@ def train(
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        losses.append([float(out[k]) for k in ("loss", "ce", "auc")])
+        losses.append([float(out[k].detach()) for k in ("loss", "ce", "auc")])
     tail = np.asarray(losses[-max(1, len(losses) // 10) :])
-    hist = {"final_loss": tail[:, 0].mean(), "final_ce": tail[:, 1].mean(), "final_auc": tail[:, 2].mean()}
+    hist = {
+        "final_loss": tail[:, 0].mean(),
+        "final_ce": tail[:, 1].mean(),
+        "final_auc": tail[:, 2].mean(),
+    }
     if coverage_classes:
         hist["tail_coverage"] = float(np.mean(covered))
     return {k: float(v) for k, v in hist.items()}

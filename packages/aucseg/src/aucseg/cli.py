@@ -1,0 +1,319 @@
+"""``aucseg`` command line: demo / train / evaluate / bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labcore.cli import UserError, common_parser, error_boundary, parse_args
+from labcore.runs import Timer, resolve_device, seed_everything, write_result
+
+PROG = "aucseg"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = common_parser(PROG)
+    p = argparse.ArgumentParser(
+        prog=PROG, description="AUCSeg: pixel-level AUC loss + T-Memory Bank"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser(
+        "demo", parents=[common], help="CE vs CE+AUC vs CE+AUC+bank on synthetic scenes"
+    )
+    d.add_argument(
+        "--iters", type=int, default=200, help="iterations per run (spec protocol: 3000)"
+    )
+    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--n-train", type=int, default=2000)
+    d.add_argument("--n-val", type=int, default=400)
+    d.add_argument("--size", type=int, default=96)
+    d.add_argument("--batch-size", type=int, default=4)
+    d.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
+
+    def data_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data", type=Path, required=True, help="dataset root folder")
+        q.add_argument("--layout", required=True, help="ade20k | cityscapes | cocostuff")
+        q.add_argument("--num-workers", type=int, default=0)
+        q.add_argument(
+            "--img-scale",
+            type=int,
+            nargs=2,
+            default=[2048, 512],
+            metavar=("LONG", "SHORT"),
+            help="rescale images to fit LONG x SHORT (times the random ratio in training)",
+        )
+
+    t = sub.add_parser("train", parents=[common], help="train on a dataset in its folder layout")
+    data_args(t)
+    t.add_argument("--iters", type=int, default=160_000)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--crop", type=int, default=512)
+    t.add_argument("--lr", type=float, default=6e-5)
+    t.add_argument("--head-lr-mult", type=float, default=10.0)
+    t.add_argument("--warmup-iters", type=int, default=1500)
+    t.add_argument(
+        "--w-auc", type=float, default=None, help="default: 4 on ade20k, else 1; 0 = CE only"
+    )
+    t.add_argument("--scale", choices=["code", "paper"], default="code")
+    t.add_argument("--surrogate", choices=["square", "exp", "hinge"], default="square")
+    t.add_argument("--no-bank", action="store_true", help="train without the T-Memory Bank")
+    t.add_argument("--tail", default="preset", help="'preset' (official small_index) or 'scan'")
+    t.add_argument("--num-head", type=int, default=None, help="with --tail scan: head class count")
+    t.add_argument(
+        "--head-share", type=float, default=0.9, help="with --tail scan: head pixel share"
+    )
+    t.add_argument("--memory-size", type=int, default=5)
+    t.add_argument("--p-sample", type=float, default=None, help="default: the official value")
+    t.add_argument("--p-resize", type=float, default=None, help="default: the official value")
+    t.add_argument("--backbone", default="resnet18")
+    t.add_argument("--pretrained", default="", help="local backbone checkpoint file (timm keys)")
+
+    e = sub.add_parser("evaluate", parents=[common], help="dataset-level mIoU of a trained model")
+    data_args(e)
+    e.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by train")
+    e.add_argument("--split", default="val")
+
+    b = sub.add_parser("bench", parents=[common], help="loss scaling, bank cost, activation memory")
+    b.add_argument("--quick", action="store_true", help="small sizes for CI")
+    return p
+
+
+def _demo(args, device) -> int:
+    from aucseg.demo import format_table, run_demo
+
+    for name in ("iters", "n_train", "n_val", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    res = run_demo(
+        iters=args.iters,
+        seeds=args.seeds,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        size=args.size,
+        batch_size=args.batch_size,
+        backbone=args.backbone,
+        data_seed=args.seed,
+        device=device,
+    )
+    print(format_table(res))
+    path = write_result(
+        args.out,
+        package=PROG,
+        command="demo",
+        dataset="synthetic-longtail-scenes (stand-in)",
+        metrics={
+            "mean": res["mean"],
+            "std": res["std"],
+            "per_seed": res["per_seed"],
+            "acceptance": res["acceptance"],
+            "data": res["dataset"],
+        },
+        memory=res["memory"],
+        timings=res["timings"],
+        config=res["config"],
+        device=device,
+        seed=args.seed,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _bank_for(args, layout, pairs):
+    from aucseg.bank import TMemoryBank
+    from aucseg.classes import OFFICIAL_BANK, select_tail_classes, small_index_preset
+    from aucseg.data import pixel_counts
+
+    counts = pixel_counts([a for _, a in pairs], layout.num_classes, layout.reduce_zero_label)
+    if args.tail == "preset":
+        tail = small_index_preset(layout.name)
+    elif args.tail == "scan":
+        cut = (
+            {"num_head": args.num_head}
+            if args.num_head is not None
+            else {"head_share": args.head_share}
+        )
+        tail = select_tail_classes(counts, **cut)
+    else:
+        raise UserError(f"--tail must be 'preset' or 'scan', got {args.tail!r}")
+    off = OFFICIAL_BANK[layout.name]
+    bank = (
+        None
+        if args.no_bank
+        else TMemoryBank(
+            layout.num_classes,
+            tail,
+            memory_size=args.memory_size,
+            p_sample=off["p_sample"] if args.p_sample is None else args.p_sample,
+            p_resize=off["p_resize"] if args.p_resize is None else args.p_resize,
+            seed=args.seed,
+        )
+    )
+    return bank, tail, counts
+
+
+def _train(args, device) -> int:
+    from aucseg.classes import OFFICIAL_BANK, class_groups
+    from aucseg.data import FolderSegmentation, find_pairs, get_layout
+    from aucseg.model import build_segmenter
+    from aucseg.train import TrainConfig, train
+
+    layout = get_layout(args.layout)
+    pairs = find_pairs(args.data, args.layout, "train")
+    bank, tail, counts = _bank_for(args, layout, pairs)
+    ds = FolderSegmentation(
+        args.data,
+        args.layout,
+        "train",
+        crop=args.crop,
+        bank=bank,
+        scale=tuple(args.img_scale),
+        seed=args.seed,
+    )
+    w_auc = OFFICIAL_BANK[layout.name]["w_auc"] if args.w_auc is None else args.w_auc
+    cfg = TrainConfig(
+        iters=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr_mult=args.head_lr_mult,
+        warmup_iters=args.warmup_iters,
+        w_auc=w_auc,
+        auc={"scale": args.scale, "surrogate": args.surrogate},
+        num_workers=args.num_workers,
+    )
+    model = build_segmenter(layout.num_classes, args.backbone, checkpoint_path=args.pretrained)
+    with Timer() as t:
+        hist = train(model, ds, cfg, device=device, seed=args.seed, coverage_classes=tail)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = args.out / "model.pt"
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "num_classes": layout.num_classes,
+            "layout": layout.name,
+            "backbone": args.backbone,
+            "pixel_counts": counts.tolist(),
+            "tail": tail,
+        },
+        ckpt,
+    )
+    config = {
+        **asdict(cfg),
+        "layout": layout.name,
+        "tail": tail,
+        "bank": repr(bank),
+        "groups": class_groups(counts),
+    }
+    write_result(
+        args.out,
+        package=PROG,
+        command="train",
+        dataset=f"{layout.name}:{args.data}",
+        metrics=hist,
+        timings={"train_s": t.elapsed},
+        config=config,
+        device=device,
+        seed=args.seed,
+    )
+    print(json.dumps(hist, indent=2))
+    print(f"wrote {ckpt}")
+    return 0
+
+
+def _evaluate(args, device) -> int:
+    from aucseg.classes import class_groups
+    from aucseg.data import FolderSegmentation, find_pairs, get_layout, pixel_counts
+    from aucseg.model import build_segmenter
+    from aucseg.train import evaluate, group_scores
+
+    layout = get_layout(args.layout)
+    if not args.checkpoint.is_file():
+        raise UserError(f"checkpoint not found: {args.checkpoint}")
+    try:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        state, backbone = ckpt["model"], ckpt["backbone"]
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise UserError(
+            f"{args.checkpoint} is not a checkpoint written by 'aucseg train': {err}"
+        ) from None
+    if ckpt.get("num_classes") != layout.num_classes:
+        raise UserError(
+            f"checkpoint has {ckpt.get('num_classes')} classes, "
+            f"{layout.name} has {layout.num_classes}"
+        )
+    counts = np.asarray(
+        ckpt.get("pixel_counts")
+        or pixel_counts(
+            [a for _, a in find_pairs(args.data, args.layout, "train")],
+            layout.num_classes,
+            layout.reduce_zero_label,
+        )
+    )
+    model = build_segmenter(layout.num_classes, backbone)
+    model.load_state_dict(state)
+    ds = FolderSegmentation(
+        args.data, args.layout, args.split, train=False, scale=tuple(args.img_scale)
+    )
+    cm = evaluate(model, ds, layout.num_classes, device=device, batch_size=1)
+    scores = group_scores(cm, class_groups(counts))
+    write_result(
+        args.out,
+        package=PROG,
+        command="evaluate",
+        dataset=f"{layout.name}:{args.data}",
+        metrics={**scores, "per_class_IoU": cm.iou().tolist()},
+        device=device,
+        config={"checkpoint": str(args.checkpoint), "split": args.split},
+        seed=args.seed,
+    )
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def _bench(args, device) -> int:
+    from aucseg.bench import run_bench
+
+    with Timer() as t:
+        res, claims = run_bench(quick=args.quick)
+    path = write_result(
+        args.out,
+        package=PROG,
+        command="bench",
+        dataset="synthetic tensors",
+        metrics=res,
+        timings={"bench_s": t.elapsed},
+        config={"quick": args.quick},
+        device="cpu",
+        seed=args.seed,
+        claims=claims,
+    )
+    for c in claims:
+        ratio = f" (ratio {c.ratio:.3g})" if c.ratio is not None else ""
+        print(f"{c.claim}: {c.value:.4g} {c.unit} vs {c.baseline}{ratio}")
+    print(f"wrote {path}")
+    return 0
+
+
+@error_boundary(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(_parser(), argv)
+    seed_everything(args.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return {"demo": _demo, "train": _train, "evaluate": _evaluate, "bench": _bench}[args.command](
+        args, device
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

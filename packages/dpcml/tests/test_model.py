@@ -127,7 +127,7 @@ def test_item_lookup_renormalises_to_max_norm():
     with torch.no_grad():
         m.item_embeddings.weight.mul_(3.0)
     assert (m.item_embeddings.weight.norm(dim=-1) > 1.5).any()
-    norms = m.item_embeddings(torch.arange(40)).norm(dim=-1)
+    norms = m.item_vectors(torch.arange(40)).norm(dim=-1)
     assert (norms <= 1.0 + 1e-5).all() and norms.max() > 0.999
 
 

@@ -77,17 +77,17 @@ def hard_negative_hinge(
 
 
 def pairwise_user_distances(users: torch.Tensor) -> torch.Tensor:
-    """‖g_u^c1 − g_u^c2‖² for all ordered pairs: (U, C, d) -> (U, C, C)."""
-    return (users.unsqueeze(2) - users.unsqueeze(1)).square().sum(-1)
+    """‖g_u^c1 − g_u^c2‖² for the C(C−1)/2 unordered pairs c1 < c2: (U, C, d) -> (U, P)."""
+    i, j = torch.triu_indices(users.shape[1], users.shape[1], 1, device=users.device)
+    return (users[:, i] - users[:, j]).square().sum(-1)
 
 
-def _pair_mask(users: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """(U, C, C) bool: off-diagonal pairs of vectors the user owns."""
-    n, c, _ = users.shape
-    off = ~torch.eye(c, dtype=torch.bool, device=users.device).expand(n, c, c)
+def _pair_mask(users: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+    """(U, P) bool: pairs c1 < c2 of vectors the user owns (``None`` = all)."""
     if valid is None:
-        return off
-    return off & valid.unsqueeze(2) & valid.unsqueeze(1)
+        return None
+    i, j = torch.triu_indices(users.shape[1], users.shape[1], 1, device=users.device)
+    return valid[:, i] & valid[:, j]
 
 
 def dcrs_code(
@@ -101,10 +101,11 @@ def dcrs_code(
     With ``valid`` (adaptive C_u) the normaliser is Σ_u C_u². ``users`` is (U, C, d).
     """
     d = pairwise_user_distances(users)
+    penalty = F.relu(delta1 - d) + F.relu(d - delta2)  # each unordered pair counts twice
     pairs = _pair_mask(users, valid)
-    penalty = (F.relu(delta1 - d) + F.relu(d - delta2)) * pairs
-    denom = d.numel() if valid is None else valid.sum(1).square().sum()
-    return penalty.sum() / denom
+    if pairs is None:
+        return 2.0 * penalty.sum() / (users.shape[0] * users.shape[1] ** 2)
+    return 2.0 * (penalty * pairs).sum() / valid.sum(1).square().sum()
 
 
 def user_diversity(users: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,9 +113,12 @@ def user_diversity(users: torch.Tensor, valid: torch.Tensor | None = None) -> to
 
     This is half the mean squared distance over ordered pairs; NaN for users with one vector.
     """
-    d = pairwise_user_distances(users) * _pair_mask(users, valid)
+    d = pairwise_user_distances(users)
+    pairs = _pair_mask(users, valid)
+    if pairs is not None:
+        d = d * pairs
     c = users.shape[1] if valid is None else valid.sum(1)
-    return d.sum((1, 2)) / (2 * c * (c - 1))
+    return 2.0 * d.sum(1) / (2 * c * (c - 1))
 
 
 def dcrs_paper(

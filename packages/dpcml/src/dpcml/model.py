@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dpcml.config import DPCMLConfig
@@ -37,7 +38,8 @@ class DPCML(nn.Module):
     where uniform sampling gives one negative per triplet (DPCML1) and hard sampling takes the
     candidate with the smallest s among S (DPCML2). After every optimiser step call
     :meth:`project_users_` (the official ``ClipUserNorm``: every user vector onto the sphere of
-    radius ``max_norm``). Items use ``nn.Embedding(max_norm=...)`` (renormalised on lookup).
+    radius ``max_norm``). Items are renormalised to ``max_norm`` on lookup, as
+    ``nn.Embedding(max_norm=...)`` does in the code.
 
     Args:
         num_users, num_items: table sizes.
@@ -59,7 +61,7 @@ class DPCML(nn.Module):
         self.config = config = config or DPCMLConfig()
         self.num_users, self.num_items = int(num_users), int(num_items)
         self.user_embeddings = nn.Embedding(num_users, config.n_vectors * config.dim)
-        self.item_embeddings = nn.Embedding(num_items, config.dim, max_norm=config.max_norm)
+        self.item_embeddings = nn.Embedding(num_items, config.dim)  # max_norm: item_vectors
         if vector_counts is None:
             self.register_buffer("valid", None)
         else:
@@ -79,6 +81,16 @@ class DPCML(nn.Module):
         w = self.user_embeddings.weight if users is None else self.user_embeddings(users)
         return w.view(-1, self.config.n_vectors, self.config.dim)
 
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Look up items like ``nn.Embedding(max_norm=...)``: rows with ‖g_v‖ > max_norm are first
+        rescaled in place to max_norm / (‖g_v‖ + 1e-7) (vectorised; torch's CPU kernel loops)."""
+        w, max_norm = self.item_embeddings.weight, self.config.max_norm
+        with torch.no_grad():
+            rows = w[items]
+            norm = rows.norm(dim=-1, keepdim=True)
+            w[items] = torch.where(norm > max_norm, rows * (max_norm / (norm + 1e-7)), rows)
+        return F.embedding(items, w)
+
     def _valid(self, users: torch.Tensor | None) -> torch.Tensor | None:
         if self.valid is None:
             return None
@@ -86,12 +98,12 @@ class DPCML(nn.Module):
 
     def distances(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """s(u, v) for ``users`` (B,) and ``items`` (B,) or (B, S)."""
-        return min_sq_distance(self.user_vectors(users), self.item_embeddings(items),
+        return min_sq_distance(self.user_vectors(users), self.item_vectors(items),
                                self._valid(users))[0]  # fmt: skip
 
     def assignments(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Index of the user vector closest to each item (arg-min c), same shape as ``items``."""
-        return min_sq_distance(self.user_vectors(users), self.item_embeddings(items),
+        return min_sq_distance(self.user_vectors(users), self.item_vectors(items),
                                self._valid(users))[1]  # fmt: skip
 
     def preference_loss(
@@ -100,8 +112,10 @@ class DPCML(nn.Module):
         """The summed hinge; ``neg`` (B,) is one triplet each, (B, S) are hard candidates."""
         cfg = self.config
         g, valid = self.user_vectors(users), self._valid(users)
-        d_pos = min_sq_distance(g, self.item_embeddings(pos), valid)[0]
-        d_neg = min_sq_distance(g, self.item_embeddings(neg), valid)[0]
+        v = self.item_vectors(torch.cat([pos, neg.reshape(-1)]))  # one renormalising lookup
+        v_pos, v_neg = v[: len(pos)], v[len(pos) :].view(*neg.shape, -1)
+        d_pos = min_sq_distance(g, v_pos, valid)[0]
+        d_neg = min_sq_distance(g, v_neg, valid)[0]
         if neg.dim() == 1:
             return triplet_hinge(d_pos, d_neg, cfg.margin)
         return hard_negative_hinge(d_pos, d_neg, cfg.margin, cfg.hard_mode,

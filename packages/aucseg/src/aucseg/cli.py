@@ -19,7 +19,8 @@ PROG = "aucseg"
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = common_parser(PROG)
+    common = argparse.ArgumentParser(add_help=False, parents=[common_parser(PROG)])
+    common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p = argparse.ArgumentParser(
         prog=PROG, description="AUCSeg: pixel-level AUC loss + T-Memory Bank"
     )
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="CE vs CE+AUC vs CE+AUC+bank on synthetic scenes"
     )
     d.add_argument(
-        "--iters", type=int, default=200, help="iterations per run (spec protocol: 3000)"
+        "--iters", type=int, default=250, help="iterations per run (spec protocol: 3000)"
     )
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     d.add_argument("--n-train", type=int, default=2000)
@@ -305,7 +306,9 @@ def _bench(args, device) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(_parser(), argv)
     seed_everything(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.threads < 0:
+        raise UserError("--threads must be >= 0")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
         device = resolve_device(args.device)
     except ValueError as err:

@@ -76,7 +76,7 @@ def acceptance(mean: dict[str, dict[str, float]], memory: dict[str, float]) -> d
 
 def run_demo(
     *,
-    iters: int = 200,
+    iters: int = 250,
     seeds: Sequence[int] = (0, 1, 2),
     n_train: int = 2000,
     n_val: int = 400,

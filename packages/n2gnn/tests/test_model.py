@@ -63,8 +63,17 @@ def test_node_logits_batch_independence():
     assert (model(b.x, b.edge_index, batch=b.batch) - alone).abs().max() <= 1e-5
 
 
-MOLPCBA = dict(in_channels=9, edge_dim=3, out_channels=128, hidden=128, state=64, pieces=8,
-               num_pseudo=32, dropout=0.3, class_pieces=8)  # fmt: skip
+MOLPCBA = dict(
+    in_channels=9,
+    edge_dim=3,
+    out_channels=128,
+    hidden=128,
+    state=64,
+    pieces=8,
+    num_pseudo=32,
+    dropout=0.3,
+    class_pieces=8,
+)
 
 
 def test_molpcba_parameter_count_independent_of_depth():

@@ -96,11 +96,17 @@ class _N2Base(nn.Module):
         self.pseudo = nn.Parameter(torch.empty(1, c.num_pseudo, c.state))  # R0
         self.classes = nn.Parameter(torch.empty(c.class_pieces, c.out_channels, c.state))  # C
         self.cell = N2Cell(
-            c.hidden, c.state, c.pieces, c.dropout, c.clip,
+            c.hidden,
+            c.state,
+            c.pieces,
+            c.dropout,
+            c.clip,
             normalize_by_nodes=c.normalize_by_nodes,
             concat_pseudo_messages=c.concat_pseudo_messages,
-            residual=c.residual, global_mp=c.global_mp, node_to_pseudo=c.node_to_pseudo,
-        )  # fmt: skip
+            residual=c.residual,
+            global_mp=c.global_mp,
+            node_to_pseudo=c.node_to_pseudo,
+        )
         self.psi_out = Proximity(c.pieces, c.clip)
 
     def reset_parameters(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -240,9 +241,10 @@ def _evaluate(args, device) -> int:
     try:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         state, backbone = ckpt["model"], ckpt["backbone"]
-    except (RuntimeError, KeyError, TypeError) as err:
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
         raise UserError(
-            f"{args.checkpoint} is not a checkpoint written by 'aucseg train': {err}"
+            f"{args.checkpoint} is not a checkpoint written by 'aucseg train' "
+            f"({type(err).__name__})"
         ) from None
     if ckpt.get("num_classes") != layout.num_classes:
         raise UserError(

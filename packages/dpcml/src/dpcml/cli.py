@@ -114,8 +114,11 @@ def _demo(args, device) -> int:
     with Timer() as timer:
         for arm in progress(arms, desc="arms"):
             for seed in seeds:
-                per_seed[arm].append(run_arm(arm, seed, data, split, epochs=args.epochs,
-                                             device=device))  # fmt: skip
+                r = run_arm(arm, seed, data, split, epochs=args.epochs, device=device)
+                per_seed[arm].append(r)
+                print(f"  {arm} seed {seed}: minority R@20 {r['minority_R@20']:.3f}, "
+                      f"R@10 {r['R@10_standard']:.3f} ({r['train_seconds']:.0f} s training)",
+                      flush=True)  # fmt: skip
     mean = summarise(per_seed)
     checks = acceptance(mean)
     cols = ["minority_R@20", "majority_R@20", "R@10_standard", "P@3_official", "MAP_official",

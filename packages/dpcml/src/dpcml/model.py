@@ -148,12 +148,15 @@ class DPCML(nn.Module):
         (the official ``predict`` does the same, without the lookup renormalisation).
         """
         g = self.user_vectors(users)  # (B, C, d)
+        b, c, _ = g.shape
         v = self.item_embeddings.weight  # (I, d)
-        d = g.square().sum(-1, keepdim=True) + v.square().sum(-1) - 2.0 * g @ v.T  # (B, C, I)
+        flat = g.reshape(b * c, -1)
+        base = flat.square().sum(-1, keepdim=True) + v.square().sum(-1)  # ‖g‖² + ‖v‖²
+        d = torch.addmm(base, flat, v.T, alpha=-2.0).view(b, c, -1)  # (B, C, I)
         valid = self._valid(users)
         if valid is not None:
             d = d.masked_fill(~valid.unsqueeze(-1), math.inf)
-        return -d.min(dim=1).values.clamp_min(0.0)
+        return -d.amin(dim=1).clamp_min_(0.0)
 
     @torch.no_grad()
     def diversity(self) -> torch.Tensor:

@@ -22,6 +22,7 @@ per-user loop it must agree with.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -65,19 +66,25 @@ def _check(train, test, ks, convention):
     return sp.csr_matrix(train), sp.csr_matrix(test)
 
 
+def _sum_by_row(row, b, weights, mask=None):
+    """Σ of ``weights`` over each user's ranked test items (only where ``mask``), (B,)."""
+    r, w = (row, weights) if mask is None else (row[mask], weights[mask])
+    return torch.zeros(b, dtype=torch.float64, device=w.device).index_add_(0, r, w)
+
+
 def _rank_chunks(scorer, train, test, users, chunk_size, device):
-    """Yield (users, hits (B, I) bool in rank order, P (B,), L (B,)) per chunk."""
+    """Per chunk: (row, rank) of every ranked test item (1-based among non-train items, sorted
+    by row then rank), P = |test| (B,), L = #non-train items (B,), and the chunk size B."""
     for start in range(0, len(users), chunk_size):
         u = users[start : start + chunk_size]
-        ut = torch.from_numpy(u).to(device)
-        scores = scorer(ut).to(device)
+        scores = scorer(torch.from_numpy(u).to(device)).to(device)
         tr = _dense_rows(train, u, device)
         te = _dense_rows(test, u, device) & ~tr
-        scores = scores.masked_fill(tr, -math.inf)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        yield (u, te.gather(1, order),
-               torch.from_numpy(np.diff(test[u].indptr)).to(device).double(),
-               (~tr).sum(1).double())  # fmt: skip
+        order = torch.sort(scores.masked_fill(tr, -math.inf), dim=1, descending=True,
+                           stable=True).indices  # fmt: skip
+        row, at = te.gather(1, order).nonzero(as_tuple=True)
+        p = torch.from_numpy(np.diff(test[u].indptr)).to(device, torch.float64)
+        yield row, at.double() + 1.0, p, (~tr).sum(1).double(), len(u)
 
 
 def evaluate_ranking(
@@ -101,34 +108,33 @@ def evaluate_ranking(
     users = np.arange(train.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
     users = users[np.diff(test.indptr)[users] > 0]
     n_items = train.shape[1]
-    pos = torch.arange(1, n_items + 1, dtype=torch.float64, device=device)
-    disc = 1.0 / torch.log2(pos + 1.0)
+    disc = 1.0 / torch.log2(torch.arange(2, n_items + 2, dtype=torch.float64, device=device))
     idcg = torch.cat([torch.zeros(1, dtype=torch.float64, device=device), disc.cumsum(0)])
     official = convention == "official"
     sums = {n: 0.0 for n in [*(f"{m}@{k}" for k in ks for m in ("P", "R", "NDCG")),
                              "MAP", "MRR", "AUC", "NDCG"]}  # fmt: skip
     counts = {**{f"n_users@{k}": 0 for k in ks}, "n_users": 0}
-    for _, hits, p, l in _rank_chunks(scorer, train, test, users, chunk_size, device):
-        h = hits.double()
-        cum = h.cumsum(1)
+    for row, rank, p, l, b in _rank_chunks(scorer, train, test, users, chunk_size, device):
+        per_user = functools.partial(_sum_by_row, row, b)
+        disc_r = disc[rank.long() - 1]
         for k in ks:
-            kk = min(k, n_items)
             keep = p >= k if official else p >= 1
-            hk = cum[:, kk - 1]
-            ideal = idcg[kk] if official else idcg[torch.clamp(p, max=k).long()]
-            dcg = (h[:, :kk] * disc[:kk]).sum(1)
+            top = rank <= k
+            hk = per_user(torch.ones_like(rank), top)
+            ideal = idcg[min(k, n_items)] if official else idcg[torch.clamp(p, max=k).long()]
             sums[f"P@{k}"] += (hk / k)[keep].sum().item()
             sums[f"R@{k}"] += (hk / p)[keep].sum().item()
-            sums[f"NDCG@{k}"] += (dcg / ideal)[keep].sum().item()
+            sums[f"NDCG@{k}"] += (per_user(disc_r, top) / ideal)[keep].sum().item()
             counts[f"n_users@{k}"] += int(keep.sum())
         keep = p >= 3 if official else p >= 1
-        n_hit = cum[:, -1]
-        any_hit = n_hit > 0
-        ap = (h * cum / pos).sum(1) / (n_hit if official else p).clamp_min(1)
-        first = torch.argmax(hits.to(torch.uint8), dim=1).double() + 1.0
-        mrr = torch.where(any_hit, 1.0 / first, torch.zeros_like(first))
-        ndcg = (h * disc).sum(1) / idcg[p.long()]
-        auc_num = (h * (l.unsqueeze(1) - pos + 1.0)).sum(1) - p * (p + 1) / 2
+        n_hit = per_user(torch.ones_like(rank))
+        start = torch.cumsum(n_hit, 0) - n_hit  # index of each user's first hit
+        j = torch.arange(len(rank), device=device, dtype=torch.float64) - start[row] + 1.0
+        ap = per_user(j / rank) / (n_hit if official else p).clamp_min(1)
+        first = rank[start.long().clamp(max=max(len(rank) - 1, 0))] if len(rank) else n_hit
+        mrr = torch.where(n_hit > 0, 1.0 / first, torch.zeros_like(n_hit))
+        ndcg = per_user(disc_r) / idcg[p.long()]
+        auc_num = per_user(l[row] - rank + 1.0) - p * (p + 1) / 2
         auc = torch.where(l <= p, torch.ones_like(p), auc_num / (p * (l - p)).clamp_min(1))
         for name, v in (("MAP", ap), ("MRR", mrr), ("AUC", auc), ("NDCG", ndcg)):
             sums[name] += v[keep].sum().item()

@@ -184,7 +184,8 @@ def _train(args) -> int:
     if p.level == "node":
         data = load_node_dataset(args.dataset, root, seed=args.seed, fold=fold)
         out_ch = int(data.y.max()) + 1 if p.task != "multilabel" else data.y.size(-1)
-        cfg = _model_config(args, p, data.num_features, out_ch)
+        edge_dim = data.edge_attr.size(-1) if data.edge_attr is not None else None
+        cfg = _model_config(args, p, data.num_features, out_ch, edge_dim)
         model = N2Node(cfg).to(device)
         res = fit_node(
             model,

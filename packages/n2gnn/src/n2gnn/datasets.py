@@ -205,8 +205,8 @@ def _load_ogbn(name: str, root: str) -> Data:
         m[split[part]] = True
         masks[f"{key}_mask"] = m
     y = data.y.squeeze(-1) if data.y.size(-1) == 1 else data.y
-    x = data.x if data.x is not None else torch.zeros(n, 1)
-    return Data(x=x, edge_index=data.edge_index, y=y, **masks)
+    x = data.x if data.x is not None else torch.zeros(n, 1)  # ogbn-proteins: edge features only
+    return Data(x=x, edge_index=data.edge_index, edge_attr=data.edge_attr, y=y, **masks)
 
 
 def _load_ogbg(name: str, root: str):

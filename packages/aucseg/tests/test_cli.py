@@ -8,7 +8,7 @@ from PIL import Image
 from aucseg import auc_loss
 from aucseg.bench import bench_bank, bench_loss_scaling, pairwise_auc_loss
 from aucseg.cli import main
-from aucseg.demo import covering_batch_size
+from aucseg.demo import acceptance, covering_batch_size
 
 
 def write_cityscapes(root, n=3, shape=(40, 60)):
@@ -128,3 +128,30 @@ def test_pairwise_reference_and_scaling_bench():
     assert 0.8 < res["closed_form_bytes_slope"] < 1.2 and 1.7 < res["pairwise_bytes_slope"] < 2.2
     b = bench_bank((64, 64), "cityscapes", n_calls=3)
     assert b["stored"] == 35 and b["host_bytes_crops"] < b["host_bytes_whole_images"]
+
+
+def test_acceptance_reports_met_and_missed():
+    mem = {"activation_bytes_b4": 10, "activation_bytes_bstar": 100}
+    row = {"mIoU": 50.0, "tail_mIoU": 10.0, "tail_coverage": 0.1}
+    mean = {
+        "ce": row,
+        "ce+auc": {**row, "tail_mIoU": 12.0},
+        "ce+auc+bank": {**row, "mIoU": 48.5, "tail_mIoU": 15.5, "tail_coverage": 0.95},
+    }
+    acc = acceptance(mean, mem)
+    met = {k: v["met"] for k, v in acc.items()}
+    assert met == {
+        "tail(c) >= tail(a) + 5.0": True,
+        "mIoU(c) >= mIoU(a) - 1.0": False,
+        "tail(b) between tail(a) and tail(c)": True,
+        "coverage(c, B=4) >= 0.9": True,
+        "coverage(a, B=4) <= 0.3": True,
+        "activations(c, B=4) <= 0.35 x activations(d, B*)": True,
+    }
+    assert acc["mIoU(c) >= mIoU(a) - 1.0"]["threshold"] == 49.0
+    only_c = acceptance({"ce+auc+bank": mean["ce+auc+bank"]}, {**mem, "activation_bytes_b4": 40})
+    assert set(only_c) == {
+        "coverage(c, B=4) >= 0.9",
+        "activations(c, B=4) <= 0.35 x activations(d, B*)",
+    }
+    assert not only_c["activations(c, B=4) <= 0.35 x activations(d, B*)"]["met"]

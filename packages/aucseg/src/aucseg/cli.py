@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aucseg.demo import ARMS
 from labcore.cli import UserError, common_parser, error_boundary, parse_args
 from labcore.runs import Timer, resolve_device, seed_everything, write_result
 
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=96)
     d.add_argument("--batch-size", type=int, default=4)
     d.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
+    d.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
 
     def data_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--data", type=Path, required=True, help="dataset root folder")
@@ -104,6 +106,7 @@ def _demo(args, device) -> int:
         backbone=args.backbone,
         data_seed=args.seed,
         device=device,
+        arms=args.arms,
     )
     print(format_table(res))
     path = write_result(

@@ -134,5 +134,5 @@ def test_lora_baseline_low_rank_path():
 
 
 def test_wrapping_non_linear_is_an_error():
-    with pytest.raises(TypeError, match="nn.Linear"):
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
         SnellLinear(nn.Conv2d(3, 3, 1), SnellConfig())

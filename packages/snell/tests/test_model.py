@@ -32,8 +32,9 @@ def test_vit_b_adapter_count(r):
 def test_placement_and_trainability(tiny_vit):
     model = get_snell_model(tiny_vit, SnellConfig(sparsity=0.5))
     names = [n for n, _ in model.snell_layers()]
-    assert names == [f"blocks.{i}.{t}" for i in range(2) for t in
-                     ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]  # fmt: skip
+    assert names == [
+        f"blocks.{i}.{t}" for i in range(2) for t in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    ]
     layers = dict(model.snell_layers())
     assert layers["blocks.0.attn.qkv"].splits == 3 and layers["blocks.0.mlp.fc1"].splits == 1
     assert layers["blocks.0.attn.proj"].dropout_p == 0.0
@@ -47,7 +48,7 @@ def test_placement_and_trainability(tiny_vit):
 def test_layers_to_transform_and_bad_targets(tiny_vit, vit_factory):
     model = get_snell_model(tiny_vit, SnellConfig(layers_to_transform=[1]))
     assert all(n.startswith("blocks.1.") for n, _ in model.snell_layers())
-    with pytest.raises(ValueError, match="no nn.Linear matches"):
+    with pytest.raises(ValueError, match=r"no nn\.Linear matches"):
         get_snell_model(vit_factory(), SnellConfig(target_modules=["nonexistent"]))
 
 

@@ -68,7 +68,7 @@ def mark_only_adapters_trainable(model: nn.Module, config: SnellConfig) -> None:
         elif ".snell_alpha." in name:
             p.requires_grad_(config.learn_alpha or config.kernel in ("rbf", "sigmoid"))
     for key in config.modules_to_save:
-        for name, p in _saved_parameters(model, [key]):
+        for _, p in _saved_parameters(model, [key]):
             p.requires_grad_(True)
 
 
@@ -200,8 +200,9 @@ class SnellModel(nn.Module):
         with torch.no_grad():
             for key, target in expected.items():
                 if tensors[key].shape != target.shape:
-                    raise ValueError(f"{key}: shape {tuple(tensors[key].shape)} != "
-                                     f"{tuple(target.shape)}")  # fmt: skip
+                    raise ValueError(
+                        f"{key}: shape {tuple(tensors[key].shape)} != {tuple(target.shape)}"
+                    )
                 target.copy_(tensors[key])
 
     @classmethod

@@ -127,8 +127,17 @@ def test_item_lookup_renormalises_to_max_norm():
     with torch.no_grad():
         m.item_embeddings.weight.mul_(3.0)
     assert (m.item_embeddings.weight.norm(dim=-1) > 1.5).any()
+    before = m.item_embeddings.weight.detach().clone()
+    m.eval()  # eval: rescaled rows, table untouched
     norms = m.item_vectors(torch.arange(40)).norm(dim=-1)
     assert (norms <= 1.0 + 1e-5).all() and norms.max() > 0.999
+    torch.testing.assert_close(m.item_embeddings.weight.detach(), before)
+    m.train()  # training: the table itself is rescaled, as nn.Embedding(max_norm=1) does
+    torch.testing.assert_close(m.item_vectors(torch.arange(40)).norm(dim=-1), norms)
+    stored = m.item_embeddings.weight.detach().norm(dim=-1)
+    assert (stored <= 1.0 + 1e-5).all()
+    ref = torch.nn.Embedding.from_pretrained(before.clone(), freeze=False, max_norm=1.0)
+    torch.testing.assert_close(ref(torch.arange(40)), m.item_vectors(torch.arange(40)))
 
 
 def test_hard_loss_uses_the_closest_candidate():

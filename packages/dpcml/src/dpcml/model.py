@@ -82,9 +82,15 @@ class DPCML(nn.Module):
         return w.view(-1, self.config.n_vectors, self.config.dim)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Look up items like ``nn.Embedding(max_norm=...)``: rows with ‖g_v‖ > max_norm are first
-        rescaled in place to max_norm / (‖g_v‖ + 1e-7) (vectorised; torch's CPU kernel loops)."""
+        """Look up items like ``nn.Embedding(max_norm=...)``: rows with ‖g_v‖ > max_norm are
+        rescaled by max_norm / (‖g_v‖ + 1e-7). In training mode the table is rescaled in place
+        first, as torch does (vectorised here; torch's CPU kernel loops); in eval mode the
+        rescaled rows are returned and the table is left untouched."""
         w, max_norm = self.item_embeddings.weight, self.config.max_norm
+        if not self.training:
+            rows = F.embedding(items, w)
+            norm = rows.norm(dim=-1, keepdim=True)
+            return torch.where(norm > max_norm, rows * (max_norm / (norm + 1e-7)), rows)
         with torch.no_grad():
             rows = w[items]
             norm = rows.norm(dim=-1, keepdim=True)

@@ -158,7 +158,7 @@ def read_ml20m(path, **kw) -> Interactions:
     return _from_table(_read_table(path, ",", True, "MovieLens-20M ratings.csv"), **kw)
 
 
-def read_steam(path, *, min_positives: int = 5, id_mode: str = "remap", **_) -> Interactions:
+def read_steam(path, *, min_positives: int = 5, **_) -> Interactions:
     """Steam-200k CSV ``user,"game",behavior,value,0``: a positive is a game the user purchased
     and played for more than 0 hours. Games are names, so items are always numbered (remap).
     """

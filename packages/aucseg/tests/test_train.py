@@ -68,3 +68,26 @@ def test_model_shapes_and_a_short_training_run_with_bank():
     assert 0.0 <= hist["tail_coverage"] <= 1.0
     with pytest.raises(ValueError, match="cannot build backbone"):
         build_segmenter(5, "no_such_backbone_xyz")
+
+
+def test_local_backbone_checkpoint_is_loaded(tmp_path):
+    import timm
+
+    ref = timm.create_model("resnet10t", pretrained=False)
+    with torch.no_grad():
+        ref.conv1[0].weight.fill_(0.25)
+    torch.save(ref.state_dict(), tmp_path / "r10t.pth")
+    model = build_segmenter(3, "resnet10t", checkpoint_path=str(tmp_path / "r10t.pth"))
+    assert torch.all(model.backbone.conv1[0].weight == 0.25)
+
+
+def test_loader_workers_draw_different_augmentations():
+    images = torch.arange(16, dtype=torch.uint8).view(16, 1, 1, 1).expand(16, 3, 4, 4).contiguous()
+    labels = torch.zeros(16, 4, 4, dtype=torch.uint8)
+    labels[:, :, 0] = 1  # a flip moves class 1 to the last column
+    ds = TensorSegmentation(images, labels, train=True, seed=0)
+    flips = []
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
+    for _, lab in loader:
+        flips.append((lab[:, 0, 0] == 0).tolist())
+    assert flips[0] != flips[1]  # two workers, two streams

@@ -150,6 +150,21 @@ def pixel_counts(
     return total[:num_classes]
 
 
+class _WorkerRNG:
+    """A numpy generator created on first use from (seed, DataLoader worker id), so every worker
+    draws its own augmentation stream instead of a copy of the parent's."""
+
+    seed: int
+    _rng: np.random.Generator | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            worker = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, worker.id if worker else 0])
+        return self._rng
+
+
 def normalize(image: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     """(C, H, W) or (B, C, H, W) uint8/float in [0, 255] -> float32 standardised per channel."""
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -178,7 +193,7 @@ def _random_crop(lab: Tensor, crop: int, rng: np.random.Generator, cat_max_ratio
     return y, x
 
 
-class FolderSegmentation(Dataset):
+class FolderSegmentation(_WorkerRNG, Dataset):
     """A dataset in one of the :data:`LAYOUTS`, read from disk.
 
     ``train=True``: mmseg's training pipeline without PhotoMetricDistortion — rescale to fit
@@ -207,7 +222,7 @@ class FolderSegmentation(Dataset):
         self.pairs = find_pairs(root, layout, split)
         self.train, self.crop, self.scale, self.ratio_range = train, crop, scale, ratio_range
         self.cat_max_ratio, self.bank = cat_max_ratio, bank
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     @property
     def num_classes(self) -> int:
@@ -248,7 +263,7 @@ class FolderSegmentation(Dataset):
         return img, lab
 
 
-class TensorSegmentation(Dataset):
+class TensorSegmentation(_WorkerRNG, Dataset):
     """An in-memory dataset of uint8 images (N, 3, H, W) and labels (N, H, W).
 
     Items are normalised; with ``train=True`` a random horizontal flip and then ``bank``.
@@ -269,7 +284,7 @@ class TensorSegmentation(Dataset):
                 f"{tuple(images.shape)} and {tuple(labels.shape)}"
             )
         self.images, self.labels, self.train, self.bank = images, labels, train, bank
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.images)

@@ -44,7 +44,7 @@ class FPNSegmenter(nn.Module):
             backbone,
             features_only=True,
             out_indices=out_indices,
-            pretrained=pretrained,
+            pretrained=pretrained or bool(checkpoint_path),
             pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
         )
         in_ch = self.backbone.feature_info.channels()

@@ -86,7 +86,7 @@ def build_config(name: str, device, seed: int = 0):
         model.requires_grad_(False)
         model.head.requires_grad_(True)
         model.cls_token.requires_grad_(True)
-        batches = [_batch(1, device, seed=k) for k in range(2)]  # mask chosen once, small batches
+        batches = [_batch(1, device, seed=1)]  # mask chosen once, from a small batch
         masks = select_gradient_masks(model, _loss, batches, TARGETS, SPARSITY)
         sparse = StoredIndexSparse(model, masks, index_format="bool")
         index_bytes = sparse.index_bytes()
@@ -119,7 +119,8 @@ def measure(name: str, batch_sizes: list[int], device: torch.device, peak: bool 
 
     model, opt, index_bytes = build_config(name, device)
     opt.zero_grad(set_to_none=True)
-    _loss(model, _batch(1, device)).backward()
+    # batch 2, not 1: at batch 1 cls_token.grad is a view that pins a (197, 768) buffer
+    _loss(model, _batch(2, device)).backward()
     opt.step()
     state = training_state_bytes(model, opt)
     row = {

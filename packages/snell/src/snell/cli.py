@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,12 @@ def _add_snell_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
+    p.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments for timm.create_model, e.g. '{\"depth\": 2}'",
+    )
     p.add_argument(
         "--weights",
         default=None,
@@ -160,11 +167,17 @@ def cmd_demo(args, device: torch.device) -> int:
 
 # ------------------------------------------------------------------------------ train / evaluate
 def _create_model(
-    name: str, weights: str | None, num_classes: int, img_size: int, drop_path: float = 0.0
+    name: str,
+    weights: str | None,
+    num_classes: int,
+    img_size: int,
+    drop_path: float = 0.0,
+    extra: dict | None = None,
 ):
     import timm
 
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
+    kwargs.update(extra or {})
     if name not in timm.list_models() and not name.startswith("hf-hub:"):
         raise UserError(f"unknown timm model {name!r}")
     if weights is None:
@@ -174,9 +187,41 @@ def _create_model(
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return timm.create_model(
-        name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    load_backbone_weights(model, path)
+    return model
+
+
+def load_backbone_weights(model, path: Path) -> None:
+    """Load a local checkpoint (.npz of Google's ViTs, or .pth / .safetensors state dict) into
+    ``model``; the classifier is skipped when its shape differs, anything else must match."""
+    from timm.models import load_state_dict
+
+    if path.suffix == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise UserError(f"{path}: .npz weights need a timm VisionTransformer")
+        model.load_pretrained(str(path))
+        return
+    try:
+        state = load_state_dict(str(path), use_ema=False)
+    except Exception as e:  # any unreadable file is a user error here
+        raise UserError(f"cannot read weights {path}: {e}") from None
+    own = model.state_dict()
+    head = {
+        k for k in state if k.startswith("head.") and k in own and own[k].shape != state[k].shape
+    }
+    state = {k: v for k, v in state.items() if k not in head}
+    bad = [k for k in state if k in own and own[k].shape != state[k].shape]
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in bad}, strict=False
     )
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected or bad:
+        raise UserError(
+            f"{path} does not fit {type(model).__name__}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(bad)} mis-shaped tensors "
+            f"(e.g. {(missing + unexpected + bad)[0]})"
+        )
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
@@ -213,7 +258,9 @@ def cmd_train(args, device: torch.device) -> int:
         raise UserError(str(e)) from None
     train_set = load_split(args.data, "train", args.img_size, args.layout)
     num_classes = max(_num_classes(train_set), int(max(train_set.targets)) + 1)
-    model = _create_model(args.model, args.weights, num_classes, args.img_size, args.drop_path)
+    model = _create_model(
+        args.model, args.weights, num_classes, args.img_size, args.drop_path, args.model_kwargs
+    )
     model = get_snell_model(model, cfg).to(device)
     model.print_trainable_parameters()
     opt = make_optimizer(model, args.lr, args.weight_decay)
@@ -258,7 +305,9 @@ def cmd_evaluate(args, device: torch.device) -> int:
 
     cfg = SnellConfig.from_pretrained(args.adapter)
     dataset = load_split(args.data, args.split, args.img_size, args.layout)
-    model = _create_model(args.model, args.weights, _num_classes(dataset), args.img_size)
+    model = _create_model(
+        args.model, args.weights, _num_classes(dataset), args.img_size, extra=args.model_kwargs
+    )
     try:
         model = from_pretrained(model, args.adapter).to(device)
     except ValueError as e:

@@ -195,3 +195,11 @@ def test_bad_config_is_rejected():
         DPCMLConfig(sampling="random")
     with pytest.raises(ValueError, match="vector_counts"):
         DPCML(3, 4, DPCMLConfig(dim=2, n_vectors=2), vector_counts=[1, 0, 2])
+
+
+def test_paper_form_of_dcrs_through_the_model_and_config_roundtrip():
+    m = _model(dcrs="paper", dcrs_weight=3.0, delta1=0.5, delta2=0.9)
+    u, p, n = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
+    want = m.preference_loss(u, p, n) + 3.0 * dcrs_paper(m.user_vectors(), 0.5, 0.9)
+    torch.testing.assert_close(m(u, p, n), want)
+    assert DPCMLConfig.from_dict(m.config.as_dict()) == m.config

@@ -178,6 +178,9 @@ def _train(args) -> int:
     from n2gnn.train import fit_graph, fit_node
 
     p = preset(args.dataset)
+    for flag in ("epochs", "patience", "num_parts"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     root = _root(args.root)
     device = resolve_device(args.device)
     fold = args.fold if args.fold is not None else (1 if p.split == "official" else 0)

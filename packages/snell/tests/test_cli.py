@@ -46,16 +46,41 @@ def test_train_then_evaluate_roundtrip(tmp_path, capsys):
     base = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, **kw)
     weights = tmp_path / "vit_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(weights))
-    common = ["--model", "vit_tiny_patch16_224", "--weights", str(weights), "--data", str(data),
-              "--img-size", "32", "--batch-size", "5"]  # fmt: skip
+    common = [
+        "--model",
+        "vit_tiny_patch16_224",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "5",
+    ]
     # timm builds vit_tiny at depth 12; the depth-2 weights must be refused in one line
     assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "bad")]) != 0
     capsys.readouterr()
     full = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32)
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(weights))
     out = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "2", "--warmup-epochs", "1", "--sparsity", "0.5",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--epochs",
+                "2",
+                "--warmup-epochs",
+                "1",
+                "--sparsity",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "snell_train.json").read_text())
     assert rec["package"] == "snell" and 0 <= rec["metrics"]["test_top1"] <= 1
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -16,8 +16,10 @@ def _loss(model, batch):
 
 def _batches(k=2):
     g = torch.Generator().manual_seed(0)
-    return [(torch.rand(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g))
-            for _ in range(k)]  # fmt: skip
+    return [
+        (torch.rand(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g))
+        for _ in range(k)
+    ]
 
 
 @pytest.mark.parametrize("index_format", ["bool", "int64"])
@@ -34,8 +36,9 @@ def test_masks_per_slice_and_pruned_weights_frozen(tiny_vit, index_format):
     assert not any(p.grad is not None for p in model.parameters())
     before = {n: model.get_submodule(n).weight.detach().clone() for n in masks}
     sparse = StoredIndexSparse(model, masks, index_format=index_format)
-    expected_bytes = sum(m.numel() if index_format == "bool" else 8 * int(m.sum()) for m in
-                         masks.values())  # fmt: skip
+    expected_bytes = sum(
+        m.numel() if index_format == "bool" else 8 * int(m.sum()) for m in masks.values()
+    )
     assert sparse.index_bytes() == expected_bytes
     opt = make_optimizer(model, 1e-2, 0.05, sparse.param_groups(0.05))
     for batch in _batches(3):

@@ -174,3 +174,9 @@ def test_rule_checkers_fail_on_a_bad_workspace(tmp_path):
 )
 def test_requirement_names(req):
     assert _requirement_name(req) == "snell"
+
+
+def test_dev_group_pulls_every_member():
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dev = {_requirement_name(r) for r in root["dependency-groups"]["dev"]}
+    assert {_dist(n) for n in members(ROOT)} <= dev

@@ -1,9 +1,11 @@
+import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from labcore.memory import (
     PeakMemory,
+    TensorMemoryTracker,
     format_bytes,
     peak_memory,
     saved_activation_bytes,
@@ -92,6 +94,90 @@ def test_peak_memory_cpu_subprocess_sees_allocation():
     assert isinstance(big, PeakMemory) and big.device == "cpu"
     assert big.baseline_bytes > 0
     assert 60 * 2**20 <= big.peak_bytes - small.peak_bytes <= 70 * 2**20
+
+
+def test_peak_memory_cpu_setup_is_outside_the_measurement():
+    # setup allocates 64 MiB in the subprocess before the peak is reset; the sum allocates ~nothing
+    pm = peak_memory(torch.Tensor.sum, 2**24, setup=torch.ones)
+    assert pm.peak_bytes < 16 * 2**20
+    assert pm.baseline_bytes > 64 * 2**20
+
+
+def test_tracker_counts_new_storages_once_and_frees_them():
+    with TensorMemoryTracker("cpu") as mem:
+        a = torch.ones(1000, 250)  # 1e6 B
+        v = a.view(-1)[10:]  # a view: no new storage
+        a.mul_(2)  # in place: nothing new
+        b = a + 1  # 1e6 B
+        assert mem.current_bytes == 2 * 10**6
+        del a, v
+        assert mem.current_bytes == 10**6  # a's storage freed only once v is gone
+        torch.add(b, 1, out=b)  # out=: an alias of b
+        c = torch.cat([b, b])  # 2e6 B
+        assert (mem.current_bytes, mem.peak_bytes) == (3 * 10**6, 3 * 10**6)
+        del b, c
+        assert mem.current_bytes == 0
+        mem.reset_peak()
+        assert mem.peak_bytes == 0
+        torch.ones(10, device="meta")  # another device: not counted
+        assert mem.peak_bytes == 0
+        s = torch.tensor([1.0, 2.0])  # built below the dispatcher, seen through lift_fresh
+        assert mem.current_bytes == 2 * F32
+        del s
+
+
+def test_tracker_ignores_in_place_updates_of_preexisting_tensors():
+    w = torch.zeros(256, 256)
+    with TensorMemoryTracker("cpu") as mem:
+        w.add_(1.0)
+        w.copy_(torch.ones(1, 256).expand(256, 256))
+    assert mem.peak_bytes == 256 * F32  # only the ones(1, 256)
+
+
+def test_tracker_after_an_adam_step_equals_the_exact_state_count():
+    model = _stack()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randn(4, 10)
+    with TensorMemoryTracker("cpu") as mem:
+        model(x).sum().backward()  # the autograd engine's allocations are seen too
+        opt.step()
+    s = training_state_bytes(model, opt)
+    # what survives the step is exactly the new gradients and Adam's state
+    assert mem.current_bytes == s.grads + s.optimizer_state
+    assert mem.peak_bytes >= mem.current_bytes + 4 * 20 * F32  # activations were alive too
+
+
+def test_tracker_sees_checkpoint_recompute_save_memory():
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(
+        nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)) for _ in range(4)
+    )
+    x = torch.randn(512, 256, requires_grad=True)
+
+    def run(ckpt: bool) -> int:
+        with TensorMemoryTracker("cpu") as mem:
+            h = x
+            for blk in blocks:
+                h = checkpoint(blk, h, use_reentrant=False) if ckpt else blk(h)
+            h.sum().backward()
+        blocks.zero_grad(set_to_none=True)
+        x.grad = None
+        return mem.peak_bytes
+
+    plain, ckpt = run(False), run(True)
+    hidden = 512 * 1024 * F32  # one (512, 1024) activation: 2 MiB
+    # plain keeps fc1 out and gelu out of every block (8 hidden) until backward reaches them;
+    # checkpointing recomputes one block (2 hidden) at a time
+    assert plain >= 8 * hidden
+    assert ckpt <= plain - 3 * hidden
+
+
+def test_peak_memory_tensors_method_with_setup():
+    pm = peak_memory(torch.neg, 2**20, method="tensors", setup=torch.ones)
+    assert (pm.method, pm.device, pm.peak_bytes) == ("tensors", "cpu", 4 * 2**20)
+    assert pm.baseline_bytes >= 4 * 2**20  # the setup's tensor is alive, outside the peak
+    with pytest.raises(ValueError, match="method"):
+        peak_memory(torch.neg, 1, method="rss")
 
 
 def test_format_bytes():

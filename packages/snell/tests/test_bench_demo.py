@@ -3,8 +3,9 @@
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
-from snell.bench import MB, VIT_B, expected_static_bytes, memory_checks
+from snell.bench import MB, VIT_B, expected_static_bytes, memory_checks, training_step
 from snell.demo import DemoSettings, acceptance, format_table, run_demo, standin_vit
 
 
@@ -47,6 +48,26 @@ def test_memory_checks_pass_and_fail_on_thresholds():
     assert ("M2", "peak(snell8) / peak(lora8)") in missed
     assert ("M3", "peak(snell8) / peak(stored_index)") in missed
     assert any(i == "M5" for i, _ in missed)
+
+
+@pytest.mark.parametrize("loop, grads_in_forward", [("official", True), ("lean", False)])
+def test_training_step_loops_hold_or_free_old_gradients_in_the_forward(loop, grads_in_forward):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    seen = []
+    model[2].register_forward_hook(
+        lambda *_: seen.append(all(p.grad is not None for p in model.parameters()))
+    )
+    batch = (torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))
+    w0 = model[0].weight.detach().clone()
+    training_step(model, opt, batch, loop)
+    training_step(model, opt, batch, loop)
+    # the first forward has no gradients yet; the second sees the old ones only in engine.py order
+    assert seen == [False, grads_in_forward]
+    assert not torch.equal(model[0].weight, w0)  # the steps trained
+    with pytest.raises(ValueError, match="loop"):
+        training_step(model, opt, batch, "fast")
 
 
 def test_demo_pipeline_toy_size(tmp_path):

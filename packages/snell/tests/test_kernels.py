@@ -93,6 +93,11 @@ def test_threshold_equals_torch_quantile(s):
     torch.testing.assert_close(magnitude_threshold(x, s), ref, rtol=0, atol=1e-6)
     kth = torch.sort(x, dim=1).values[:, math.ceil(s * 1001) - 1 : math.ceil(s * 1001)]
     assert torch.equal(magnitude_threshold(x, s, "kth"), kth)
+    # ties at and around the order statistics: few distinct values, rows with different ties
+    t = torch.randint(0, 7, (4, 1001), generator=torch.Generator().manual_seed(3)).float()
+    t[3] = 5.0
+    ref = torch.quantile(t, s, dim=1, keepdim=True)
+    torch.testing.assert_close(magnitude_threshold(t, s), ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("s", [0.1, 0.5, 0.9, 0.99])

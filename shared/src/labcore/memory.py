@@ -7,14 +7,25 @@ Three views of memory, from cheapest to most complete:
 * :func:`saved_activation_bytes` -- the tensors autograd keeps for backward while ``fn`` runs,
   seen through :func:`torch.autograd.graph.saved_tensors_hooks`, each storage once, parameters
   excluded. Checkpointed regions save only their boundary, so the hook sees what recompute saves.
-* :func:`peak_memory` -- the allocator's view: CUDA ``max_memory_allocated`` on a GPU; on CPU the
-  peak resident set size of ``fn`` run in a fresh subprocess, above the RSS after imports.
+* :func:`peak_memory` -- the peak while ``fn`` runs, by one of two methods:
+
+  - ``"allocator"``: CUDA ``max_memory_allocated`` on a GPU; on CPU the peak resident set size of
+    ``fn`` run in a fresh subprocess, above the RSS after imports. On CPU this includes what
+    glibc keeps after ``free`` and so depends on the allocation pattern, not only on the tensors.
+  - ``"tensors"``: the peak of live tensor-storage bytes, counted by
+    :class:`TensorMemoryTracker` on any device. This is the quantity CUDA's
+    ``max_memory_allocated`` reports, without the caching allocator's block rounding and without
+    scratch buffers that kernels allocate internally: the CPU analogue of a GPU peak.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import multiprocessing as mp
 import resource
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,10 +34,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = [
     "PeakMemory",
     "StateBytes",
+    "TensorMemoryTracker",
     "format_bytes",
     "peak_memory",
     "saved_activation_bytes",
@@ -124,18 +138,100 @@ def saved_activation_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     return total
 
 
+# ``torch.tensor(data)`` builds its tensor below the dispatcher and shows it to modes as the
+# (aliasing) output of lift_fresh: a new storage all the same.
+_LIFT_FRESH = torch.ops.aten.lift_fresh.default
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Live and peak bytes of the tensor storages allocated on ``device`` while active.
+
+    Every aten op passes through :meth:`__torch_dispatch__`. Each output the op's schema does not
+    mark as an alias of an input (views, in-place and ``out=`` results are aliases) is a new
+    storage, as is the tensor ``torch.tensor(data)`` builds: it is counted once, with its
+    ``nbytes``, and uncounted by a weak-reference callback when it is freed. This covers forward,
+    backward (autograd runs its ops under the mode, checkpoint recomputation included) and
+    optimizer steps. Storages that existed on entry are not counted; neither are scratch buffers
+    kernels allocate internally or memory allocated outside aten (numpy arrays, mmapped files).
+
+    >>> with TensorMemoryTracker("cpu") as mem:
+    ...     x = torch.ones(1024)
+    ...     del x
+    >>> mem.peak_bytes, mem.current_bytes
+    (4096, 0)
+    """
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.device = torch.device(device)
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self._refs: dict[int, weakref.ref] = {}
+        self._lock = threading.RLock()  # frees may run on autograd threads or inside gc
+
+    def reset_peak(self) -> None:
+        """Restart the peak from the bytes live now."""
+        with self._lock:
+            self.peak_bytes = self.current_bytes
+
+    def _counts(self, t: object) -> bool:
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+            return False
+        d = t.device
+        return d.type == self.device.type and self.device.index in (None, d.index)
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key, n = id(storage), storage.nbytes()
+        with self._lock:
+            if key in self._refs:
+                return
+            self._refs[key] = weakref.ref(storage, functools.partial(self._release, key, n))
+            self.current_bytes += n
+            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+
+    def _release(self, key: int, n: int, _ref: weakref.ref) -> None:
+        with self._lock:
+            if self._refs.pop(key, None) is not None:
+                self.current_bytes -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        values = (out,) if len(returns) == 1 else (out or ())
+        for ret, value in zip(returns, values, strict=True):
+            if ret.alias_info is None or func is _LIFT_FRESH:
+                for t in tree_leaves(value):
+                    if self._counts(t):
+                        self._track(t)
+        return out
+
+
+def _live_tensor_bytes(device: torch.device) -> int:
+    """Bytes of the strided tensors on ``device`` reachable from Python, each storage once."""
+    probe = TensorMemoryTracker(device)
+    # type(), not isinstance(): some module objects warn when their __class__ is looked up
+    tensors = (
+        o for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and probe._counts(o)
+    )
+    return _unique_storage_bytes(tensors, set())
+
+
 @dataclass(frozen=True)
 class PeakMemory:
     """Peak memory of one call. ``peak_bytes`` is measured above ``baseline_bytes``.
 
-    On CUDA the baseline is ``memory_allocated`` before the call and the peak comes from
-    ``max_memory_allocated``; on CPU the baseline is the subprocess RSS after imports and the peak
-    is its high-water mark (``VmHWM``) during the call.
+    ``method="allocator"``: on CUDA the baseline is ``memory_allocated`` before the call and the
+    peak comes from ``max_memory_allocated``; on CPU the baseline is the subprocess RSS after
+    imports (and ``setup``) and the peak is its high-water mark (``VmHWM``) during the call.
+    ``method="tensors"``: the baseline is the bytes of tensors on the device reachable from Python
+    before the call and the peak is :class:`TensorMemoryTracker`'s peak during it.
     """
 
     device: str
     peak_bytes: int
     baseline_bytes: int
+    method: str = "allocator"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,14 +256,22 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _peak_rss_child(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[int, int]:
-    import gc
+def _prepared(fn: Callable, setup: Callable | None, args: tuple, kwargs: dict) -> Callable[[], Any]:
+    """The measured call: ``fn(*args, **kwargs)``, or ``fn(setup(*args, **kwargs))``."""
+    if setup is None:
+        return functools.partial(fn, *args, **kwargs)
+    return functools.partial(fn, setup(*args, **kwargs))
 
+
+def _peak_rss_child(
+    fn: Callable, setup: Callable | None, args: tuple, kwargs: dict
+) -> tuple[int, int]:
+    call = _prepared(fn, setup, args, kwargs)
     gc.collect()
     baseline = _proc_status_bytes("VmRSS") or 0
     if not _reset_peak_rss():  # fall back to the lifetime high-water mark
         baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    fn(*args, **kwargs)
+    call()
     peak = _proc_status_bytes("VmHWM")
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -175,25 +279,47 @@ def _peak_rss_child(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[
 
 
 def peak_memory(
-    fn: Callable[..., Any], *args: Any, device: str | torch.device = "cpu", **kwargs: Any
+    fn: Callable[..., Any],
+    *args: Any,
+    device: str | torch.device = "cpu",
+    method: str = "allocator",
+    setup: Callable[..., Any] | None = None,
+    **kwargs: Any,
 ) -> PeakMemory:
     """Peak memory of ``fn(*args, **kwargs)`` on ``device``.
 
-    CPU: ``fn`` runs in a fresh spawned subprocess, so it must be a picklable module-level
-    function and its arguments picklable; what the subprocess imports to unpickle ``fn`` is part
-    of the baseline, not of the peak.
+    Args:
+        method: ``"allocator"`` (CUDA allocator statistics; CPU peak RSS) or ``"tensors"``
+            (live tensor-storage bytes, :class:`TensorMemoryTracker`, on any device).
+        setup: optional; ``state = setup(*args, **kwargs)`` runs first, outside the
+            measurement, and ``fn(state)`` is what is measured (e.g. build a model, then train).
+
+    CPU with ``"allocator"``: the call runs in a fresh spawned subprocess, so ``fn`` and
+    ``setup`` must be picklable module-level functions and the arguments picklable; what the
+    subprocess imports to unpickle them is part of the baseline, not of the peak. The other
+    cases run in this process.
     """
+    if method not in ("allocator", "tensors"):
+        raise ValueError(f"method must be 'allocator' or 'tensors', got {method!r}")
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"peak_memory supports cpu and cuda devices, got {device}")
+    if method == "tensors":
+        call = _prepared(fn, setup, args, kwargs)
+        gc.collect()
+        baseline = _live_tensor_bytes(device)
+        with TensorMemoryTracker(device) as mem:
+            call()
+        return PeakMemory(str(device), mem.peak_bytes, baseline, method)
     if device.type == "cuda":
+        call = _prepared(fn, setup, args, kwargs)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        fn(*args, **kwargs)
+        call()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - baseline
-        return PeakMemory(str(device), int(peak), int(baseline))
-    if device.type != "cpu":
-        raise ValueError(f"peak_memory supports cpu and cuda devices, got {device}")
+        return PeakMemory(str(device), int(peak), int(baseline), method)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        peak, baseline = pool.submit(_peak_rss_child, fn, args, kwargs).result()
-    return PeakMemory("cpu", int(peak), int(baseline))
+        peak, baseline = pool.submit(_peak_rss_child, fn, setup, args, kwargs).result()
+    return PeakMemory("cpu", int(peak), int(baseline), method)

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", parents=[common], help="ViT-B/16 memory benchmark")
     b.add_argument("--quick", action="store_true", help="batch 2 only")
-    b.add_argument("--no-peak", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--no-peak", action="store_true", help="skip the peak-memory measurements")
+    b.add_argument("--loop", default="official", choices=["official", "lean"],
+                   help="step order: official engine.py (old grads alive in the forward) or "
+                        "lean (grads freed before the forward)")  # fmt: skip
     return parser
 
 
@@ -338,7 +341,7 @@ def cmd_bench(args, device: torch.device) -> int:
     rows = {}
     with Timer(device) as timer:
         for name in progress(CONFIGS, desc="configs"):
-            rows[name] = measure(name, batches, device, peak=not args.no_peak)
+            rows[name] = measure(name, batches, device, peak=not args.no_peak, loop=args.loop)
             print(
                 f"{name}: "
                 + ", ".join(
@@ -352,7 +355,11 @@ def cmd_bench(args, device: torch.device) -> int:
             f"{c['id']} {c['what']}: {c['value']:.3f} vs {c['threshold']:.3f} -> "
             f"{'met' if c['met'] else 'MISSED'}"
         )
-    peak_kind = "cuda max_memory_allocated" if device.type == "cuda" else "CPU peak RSS"
+    peak_kind = (
+        "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else "CPU live tensor bytes (labcore TensorMemoryTracker); peak RSS beside it"
+    )
     path = write_result(
         args.out,
         package=PACKAGE,
@@ -361,7 +368,7 @@ def cmd_bench(args, device: torch.device) -> int:
         metrics={"rows": rows, "checks": checks, "peak_kind": peak_kind},
         memory={k: v.get(f"peak_bytes_b{batches[0]}") for k, v in rows.items()},
         timings={"total_s": timer.elapsed},
-        config={"batch_sizes": batches, "quick": args.quick},
+        config={"batch_sizes": batches, "quick": args.quick, "loop": args.loop},
         device=device,
         seed=args.seed,
         claims=claims,

@@ -76,8 +76,9 @@ def kernel_delta(
 def magnitude_threshold(mag: Tensor, sparsity: float, mode: str = "quantile") -> Tensor:
     """Per-row threshold of ``mag`` (S, N) as (S, 1).
 
-    ``quantile``: ``torch.quantile(mag, s, dim=1)`` with linear interpolation, computed with two
-    ``kthvalue`` calls so it works above 2^24 elements (where ``torch.quantile`` refuses).
+    ``quantile``: ``torch.quantile(mag, s, dim=1)`` with linear interpolation, computed with one
+    ``kthvalue`` and one pass for the next order statistic, so it works above 2^24 elements
+    (where ``torch.quantile`` refuses).
     ``kth``: the ``⌈s·N⌉``-th smallest value (paper Eq. 5).
     """
     N = mag.shape[-1]
@@ -90,8 +91,11 @@ def magnitude_threshold(mag: Tensor, sparsity: float, mode: str = "quantile") ->
     below = mag.kthvalue(lo + 1, dim=-1, keepdim=True).values
     if frac == 0.0 or lo + 1 >= N:
         return below
-    above = mag.kthvalue(lo + 2, dim=-1, keepdim=True).values
-    return torch.lerp(below, above, frac)
+    # the (lo+2)-th smallest without a second selection: ``below`` again where it is tied,
+    # otherwise the smallest value above it
+    tied = (mag <= below).sum(-1, keepdim=True) >= lo + 2
+    nxt = mag.masked_fill(mag <= below, math.inf).amin(-1, keepdim=True)
+    return torch.lerp(below, torch.where(tied, below, nxt), frac)
 
 
 def gate_delta(delta: Tensor, sparsity: float, gate: str = "official") -> Tensor:

@@ -91,6 +91,27 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
         parse_args(_parser(), ["demo", "--config", str(cfg)])
 
 
+def test_threads_flag_sets_torch_threads_and_rejects_zero(capsys, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert parse_args(_parser(), ["demo"]).threads is None  # torch's default kept
+        assert torch.get_num_threads() == before
+        cfg = tmp_path / "c.json"
+        cfg.write_text(json.dumps({"threads": 1}))
+        assert parse_args(_parser(), ["demo", "--config", str(cfg)]).threads == 1
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit) as e:
+            parse_args(_parser(), ["demo", "--threads", "0"])
+        assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+        cfg.write_text(json.dumps({"threads": 0}))
+        with pytest.raises(UserError, match="threads"):
+            parse_args(_parser(), ["demo", "--config", str(cfg)])
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_error_boundary_one_line(capsys):
     @error_boundary("pkg")
     def main(argv=None):

@@ -5,6 +5,7 @@ from torch.utils._pytree import tree_flatten
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import coalesce, erdos_renyi_graph, to_undirected
 
+from n2gnn.bench import MOLPCBA
 from n2gnn.cell import N2Cell
 from n2gnn.model import N2Graph, N2Node, edge_sum_features, gcn_operator, official_parameter_count
 
@@ -61,19 +62,6 @@ def test_node_logits_batch_independence():
     b = Batch.from_data_list(graphs)
     alone = torch.cat([model(g.x, g.edge_index) for g in graphs])
     assert (model(b.x, b.edge_index, batch=b.batch) - alone).abs().max() <= 1e-5
-
-
-MOLPCBA = dict(
-    in_channels=9,
-    edge_dim=3,
-    out_channels=128,
-    hidden=128,
-    state=64,
-    pieces=8,
-    num_pseudo=32,
-    dropout=0.3,
-    class_pieces=8,
-)
 
 
 def test_molpcba_parameter_count_independent_of_depth():

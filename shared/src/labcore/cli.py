@@ -1,8 +1,9 @@
 """Shared plumbing for the packages' command lines.
 
 Each package's ``cli.py`` builds an ``argparse`` parser with ``common_parser()`` as a parent on
-every subcommand, parses with :func:`parse_args` (which applies ``--config``), and wraps its
-``main`` in :func:`error_boundary` so expected errors become one line and exit code 2.
+every subcommand, parses with :func:`parse_args` (which applies ``--config`` and ``--threads``),
+and wraps its ``main`` in :func:`error_boundary` so expected errors become one line and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -34,8 +35,21 @@ class UserError(ValueError):
 _EXPECTED = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def common_parser(package: str | None = None) -> argparse.ArgumentParser:
-    """The flags every subcommand shares, as a parent parser (``parents=[common_parser()]``)."""
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def common_parser(
+    package: str | None = None, threads: int | None = None
+) -> argparse.ArgumentParser:
+    """The flags every subcommand shares, as a parent parser (``parents=[common_parser()]``).
+
+    ``threads`` is the package's default for ``--threads`` (torch CPU threads); ``None`` keeps
+    torch's own default (one per physical core).
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -44,6 +58,9 @@ def common_parser(package: str | None = None) -> argparse.ArgumentParser:
                    help="directory for result JSON and artefacts")  # fmt: skip
     g.add_argument("--config", type=Path, default=None,
                    help="JSON or TOML file whose keys set argument defaults")  # fmt: skip
+    g.add_argument("--threads", type=_positive_int, default=threads,
+                   help="torch CPU threads (default: "
+                        f"{threads if threads else 'one per physical core'})")  # fmt: skip
     return p
 
 
@@ -75,8 +92,21 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterable[argparse.ArgumentParse
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
     """Parse ``argv``; if ``--config FILE`` is given, its keys become defaults and it is re-parsed.
 
-    Flags given on the command line win over the file; an unknown key is an error.
+    Flags given on the command line win over the file; an unknown key is an error. A ``threads``
+    value (from :func:`common_parser`) is applied with ``torch.set_num_threads``.
     """
+    args = _parse_with_config(parser, argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:  # a config value skips argparse's check
+            raise UserError(f"threads must be an integer >= 1, got {threads!r}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def _parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
 from dataclasses import asdict
@@ -21,8 +20,7 @@ PROG = "aucseg"
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, parents=[common_parser(PROG)])
-    common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    common = common_parser(PROG)
     p = argparse.ArgumentParser(
         prog=PROG, description="AUCSeg: pixel-level AUC loss + T-Memory Bank"
     )
@@ -311,9 +309,6 @@ def _bench(args, device) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(_parser(), argv)
     seed_everything(args.seed)
-    if args.threads < 0:
-        raise UserError("--threads must be >= 0")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
         device = resolve_device(args.device)
     except ValueError as err:

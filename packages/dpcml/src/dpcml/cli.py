@@ -23,12 +23,6 @@ PACKAGE = "dpcml"
 TARGET_SAMPLER_PER_S, TARGET_TRAIN_PER_S, TARGET_EVAL_S = 2e6, 1e5, 5.0
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the embedding kernels are tiny and "
-                        "oversubscribed cores slow them down)")  # fmt: skip
-
-
 def _add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, required=required, help="the ratings / users.dat file")
@@ -53,7 +47,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = common_parser(PACKAGE)
+    # one thread by default: the embedding kernels are tiny and oversubscribed cores slow them
+    common = common_parser(PACKAGE, threads=1)
     parser = argparse.ArgumentParser(prog=PACKAGE, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[common],
@@ -61,23 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--seeds", type=int, default=3, help="seeds seed, seed+1, ...")
     demo.add_argument("--arms", nargs="+", default=None, help="subset of arms (default all)")
-    _add_threads(demo)
     train = sub.add_parser("train", parents=[common], help="train on a real data set")
     _add_data(train)
     _add_model(train)
     train.add_argument("--ks", type=int, nargs="+", default=[3, 5])
     train.add_argument("--convention", choices=CONVENTIONS, default="official")
-    _add_threads(train)
     ev = sub.add_parser("evaluate", parents=[common], help="evaluate a saved model")
     ev.add_argument("--checkpoint", type=Path, required=True)
     _add_data(ev, required=False)
     ev.add_argument("--split", choices=["val", "test"], default="test")
     ev.add_argument("--ks", type=int, nargs="+", default=[3, 5])
     ev.add_argument("--convention", choices=CONVENTIONS, default="official")
-    _add_threads(ev)
     bench = sub.add_parser("bench", parents=[common], help="speed at ML-1M scale vs naive loops")
     bench.add_argument("--quick", action="store_true", help="smaller naive subsets (for CI)")
-    _add_threads(bench)
     return parser
 
 
@@ -275,9 +266,6 @@ def _bench(args, device) -> int:
 def main(argv=None) -> int:
     """Entry point of the ``dpcml`` console script."""
     args = parse_args(_parser(), argv)
-    if args.threads < 1:
-        raise UserError("--threads must be >= 1")
-    torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except ValueError as e:

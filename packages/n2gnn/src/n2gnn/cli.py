@@ -14,16 +14,8 @@ PROG = "n2gnn"
 MODEL_FLAGS = ("num_steps", "hidden", "state", "pieces", "num_pseudo", "dropout")
 
 
-def _threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser(PROG)
-    common.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="N²: dynamic message passing on graphs through learnable, moving pseudo nodes.",
@@ -79,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 @error_boundary(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
-    _threads(args.threads)
     seed_everything(args.seed)
     return {"demo": _demo, "bench": _bench, "train": _train, "evaluate": _evaluate}[args.command](
         args

@@ -180,3 +180,16 @@ def test_dev_group_pulls_every_member():
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())
     dev = {_requirement_name(r) for r in root["dependency-groups"]["dev"]}
     assert {_dist(n) for n in members(ROOT)} <= dev
+
+
+@pytest.mark.parametrize("name", sorted(members(ROOT)))
+def test_console_script_builds_its_parser(name):
+    """``<script> --help`` exits 0: catches argparse conflicts such as a flag a package adds
+    again on top of labcore's common options."""
+    import importlib
+
+    meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
+    module, func = meta["scripts"][_dist(name)].split(":")
+    with pytest.raises(SystemExit) as exit_:
+        getattr(importlib.import_module(module), func)(["--help"])
+    assert exit_.value.code == 0

@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="stand-in ViT: 'spec' = patch 4, dim 192, depth 6 (slow on CPU)",
     )
     d.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     t = sub.add_parser("train", parents=[common], help="train SNELL on a real dataset")
     _add_model_data(t)
@@ -119,8 +118,6 @@ def cmd_demo(args, device: torch.device) -> int:
     from labcore.runs import Claim, Timer, write_result
     from snell.demo import METHODS, DemoSettings, acceptance, format_table, run_demo
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.seeds < 1 or args.epochs < 1 or args.pretrain_epochs < 1:
         raise UserError("--seeds, --epochs and --pretrain-epochs must be positive")
     methods = tuple(args.methods or METHODS)

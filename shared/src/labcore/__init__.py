@@ -5,4 +5,4 @@ Submodules: :mod:`labcore.memory` (exact memory accounting), :mod:`labcore.metri
 Importing ``labcore`` itself is cheap; import the submodule you need.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

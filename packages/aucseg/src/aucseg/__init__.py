@@ -27,7 +27,7 @@ from aucseg.model import FPNSegmenter, build_segmenter
 from aucseg.synthetic import make_scenes, make_synthetic
 from aucseg.train import TrainConfig, evaluate, group_scores, train
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "LAYOUTS",

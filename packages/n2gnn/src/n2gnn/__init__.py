@@ -8,7 +8,7 @@ from n2gnn.cell import NL, N2Cell
 from n2gnn.model import N2Config, N2Graph, N2Node, official_parameter_count
 from n2gnn.proximity import Proximity
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "NL",

@@ -63,6 +63,15 @@ def test_saved_bytes_hand_count_and_params_excluded():
     assert saved_activation_bytes(f) == (5 * 8 + 5 * 16) * F32
 
 
+def test_saved_bytes_releases_the_graph():
+    with TensorMemoryTracker("cpu") as mem:
+        lin = nn.Linear(64, 64)
+        x = torch.randn(32, 64)
+        saved_activation_bytes(lambda: torch.relu(lin(x)).sum())  # relu saves its output
+        del lin, x
+    assert mem.current_bytes == 0  # graph, saved tensors and the model are all gone
+
+
 def test_frozen_input_saves_nothing_and_checkpoint_saves_less():
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32), nn.GELU())

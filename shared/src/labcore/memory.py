@@ -130,7 +130,9 @@ def saved_activation_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
         nonlocal total
         if not _is_parameter(t):
             total += _unique_storage_bytes([t], seen)
-        return t
+        # detached: a saved *output* packed as itself would hold its own grad_fn, a reference
+        # cycle through C++ that keeps the whole graph (and the model) alive
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn(*args, **kwargs)

@@ -342,7 +342,7 @@ def cmd_bench(args, device: torch.device) -> int:
             print(
                 f"{name}: "
                 + ", ".join(
-                    f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if k.endswith("bytes")
+                    f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if "bytes" in k
                 ),
                 flush=True,
             )

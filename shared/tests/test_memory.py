@@ -67,7 +67,7 @@ def test_saved_bytes_releases_the_graph():
     with TensorMemoryTracker("cpu") as mem:
         lin = nn.Linear(64, 64)
         x = torch.randn(32, 64)
-        saved_activation_bytes(lambda: torch.relu(lin(x)).sum())  # relu saves its output
+        saved_activation_bytes(lambda f, t: torch.relu(f(t)).sum(), lin, x)  # relu saves its out
         del lin, x
     assert mem.current_bytes == 0  # graph, saved tensors and the model are all gone
 

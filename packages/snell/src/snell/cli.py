@@ -341,9 +341,7 @@ def cmd_bench(args, device: torch.device) -> int:
             rows[name] = measure(name, batches, device, peak=not args.no_peak, loop=args.loop)
             print(
                 f"{name}: "
-                + ", ".join(
-                    f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if "bytes" in k
-                ),
+                + ", ".join(f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if "bytes" in k),
                 flush=True,
             )
     checks, claims = memory_checks(rows, batches)

@@ -193,3 +193,11 @@ def test_console_script_builds_its_parser(name):
     with pytest.raises(SystemExit) as exit_:
         getattr(importlib.import_module(module), func)(["--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize("name", sorted(members(ROOT)))
+def test_version_attribute_matches_pyproject(name):
+    import importlib
+
+    meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
+    assert importlib.import_module(name).__version__ == meta["version"]

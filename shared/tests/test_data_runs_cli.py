@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import labcore
 from labcore.cli import UserError, common_parser, error_boundary, parse_args
 from labcore.data import data_root, load_digits_images, split_indices, stratified_split
 from labcore.runs import Claim, Timer, resolve_device, seed_everything, write_result
@@ -64,7 +65,7 @@ def test_write_result_schema(tmp_path):
     assert path.name == "labcore_bench.json"
     assert {"package", "version", "command", "dataset", "metrics", "memory", "timings", "config",
             "device", "versions", "seed", "claims"} <= set(rec)  # fmt: skip
-    assert rec["version"] == "0.1.0" and rec["metrics"] == {"acc": 0.5, "t": 2.0}
+    assert rec["version"] == labcore.__version__ and rec["metrics"] == {"acc": 0.5, "t": 2.0}
     assert rec["claims"][0]["ratio"] == 0.25 and "torch" in rec["versions"]
 
 

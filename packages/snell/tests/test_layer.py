@@ -136,3 +136,24 @@ def test_lora_baseline_low_rank_path():
 def test_wrapping_non_linear_is_an_error():
     with pytest.raises(TypeError, match=r"nn\.Linear"):
         SnellLinear(nn.Conv2d(3, 3, 1), SnellConfig())
+
+
+def test_recompute_keeps_the_live_peak_independent_of_depth():
+    """Pitfall 6 / M5 at unit scale: with recompute, ΔW-sized tensors exist one layer at a time,
+    so the live peak does not grow with depth; without it every layer keeps several copies."""
+    from labcore.memory import TensorMemoryTracker
+
+    n = m = 256
+    dw = 4 * n * m  # bytes of one fp32 ΔW-sized tensor
+
+    def peak(depth: int, recompute: bool) -> int:
+        torch.manual_seed(0)
+        cfg = SnellConfig(sparsity=0.9, recompute=recompute)
+        net = nn.Sequential(*(SnellLinear(nn.Linear(n, m), cfg) for _ in range(depth)))
+        x = torch.randn(4, n)  # tiny activations: the peak is ΔW-sized tensors
+        with TensorMemoryTracker("cpu") as mem:
+            net(x).sum().backward()
+        return mem.peak_bytes
+
+    assert peak(8, True) - peak(2, True) < dw
+    assert peak(8, False) - peak(2, False) >= 2 * 6 * dw  # ≥ 2 copies per extra layer (M5)

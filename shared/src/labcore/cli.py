@@ -102,7 +102,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             raise UserError(f"threads must be an integer >= 1, got {threads!r}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     return args
 
 

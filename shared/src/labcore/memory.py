@@ -145,6 +145,13 @@ def saved_activation_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
 _LIFT_FRESH = torch.ops.aten.lift_fresh.default
 
 
+def _strided_on(t: object, device: torch.device) -> bool:
+    """Whether ``t`` is a strided tensor (one with a storage) on ``device``."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        return False
+    return t.device.type == device.type and device.index in (None, t.device.index)
+
+
 class TensorMemoryTracker(TorchDispatchMode):
     """Live and peak bytes of the tensor storages allocated on ``device`` while active.
 
@@ -177,10 +184,7 @@ class TensorMemoryTracker(TorchDispatchMode):
             self.peak_bytes = self.current_bytes
 
     def _counts(self, t: object) -> bool:
-        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-            return False
-        d = t.device
-        return d.type == self.device.type and self.device.index in (None, d.index)
+        return _strided_on(t, self.device)
 
     def _track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
@@ -211,10 +215,9 @@ class TensorMemoryTracker(TorchDispatchMode):
 
 def _live_tensor_bytes(device: torch.device) -> int:
     """Bytes of the strided tensors on ``device`` reachable from Python, each storage once."""
-    probe = TensorMemoryTracker(device)
     # type(), not isinstance(): some module objects warn when their __class__ is looked up
     tensors = (
-        o for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and probe._counts(o)
+        o for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and _strided_on(o, device)
     )
     return _unique_storage_bytes(tensors, set())
 

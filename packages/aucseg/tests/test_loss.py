@@ -17,8 +17,13 @@ def surrogate_fn(name, gamma=1.0):
     }[name]
 
 
-def brute_force(logits, target, surrogate, transform, scale, gamma=1.0, ignore=255):
-    """Every pixel pair of the batch, explicitly (the paper's definition, no closed form)."""
+def brute_force(
+    logits, target, surrogate, transform, scale, gamma=1.0, ignore=255, ova_reduction="sum"
+):
+    """Every pixel pair of the batch, explicitly (the paper's definition, no closed form).
+
+    ovo: the mean over ordered pairs of present classes; ova: per present class the mean over
+    (positive, negative) pixel pairs, summed over classes (official) or averaged ("mean")."""
     k = logits.shape[1]
     p = torch.sigmoid(logits.movedim(1, -1).reshape(-1, k))
     y = target.reshape(-1)
@@ -32,7 +37,10 @@ def brute_force(logits, target, surrogate, transform, scale, gamma=1.0, ignore=2
         negs = [p[y != i, i]] if transform == "ova" else [p[y == j, i] for j in present if j != i]
         terms += [ell(a[:, None] - b[None, :]).mean() for b in negs]
     factor = 0.5 if (scale == "code" and surrogate == "square") else 1.0
-    return factor * torch.stack(terms).mean()
+    terms = torch.stack(terms)
+    if transform == "ova" and ova_reduction == "sum":
+        return factor * terms.sum()
+    return factor * terms.mean()
 
 
 def random_batch(seed, absent=(3,), n_ignore=30, shape=(2, 10, 12)):
@@ -60,6 +68,30 @@ def test_equals_brute_force_value_and_gradient(surrogate, transform, scale):
     ref.backward()
     torch.testing.assert_close(l1.grad, l2.grad, rtol=1e-8, atol=1e-12)
     assert l1.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("surrogate", ["square", "exp", "hinge"])
+def test_ova_sums_over_present_classes_by_default_and_mean_is_the_option(surrogate):
+    logits, target = random_batch(8)  # 5 of 6 classes present
+    for reduction in ("sum", "mean"):
+        l1 = logits.clone().requires_grad_()
+        l2 = logits.clone().requires_grad_()
+        fast = auc_loss(l1, target, surrogate=surrogate, transform="ova", ova_reduction=reduction)
+        ref = brute_force(l2, target, surrogate, "ova", "code", ova_reduction=reduction)
+        torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-12)
+        fast.backward()
+        ref.backward()
+        torch.testing.assert_close(l1.grad, l2.grad, rtol=1e-8, atol=1e-12)
+    total = auc_loss(logits, target, surrogate=surrogate, transform="ova")
+    mean = auc_loss(logits, target, surrogate=surrogate, transform="ova", ova_reduction="mean")
+    torch.testing.assert_close(total, 5 * mean)  # B_c = 5 present classes
+    # the default is the sum; ovo ignores the option
+    assert AUCLoss(transform="ova").ova_reduction == "sum"
+    torch.testing.assert_close(
+        auc_loss(logits, target, ova_reduction="mean"), auc_loss(logits, target)
+    )
+    with pytest.raises(ValueError, match="ova_reduction"):
+        auc_loss(logits, target, transform="ova", ova_reduction="max")
 
 
 def test_gamma_other_than_one_matches_brute_force():
@@ -113,6 +145,34 @@ def test_fewer_than_two_present_classes_gives_zero_with_a_graph():
         assert loss.item() == 0.0 and not torch.isnan(loss)
         loss.backward()
         assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("transform", ["ovo", "ova"])
+def test_infinite_logits_with_fewer_than_two_classes_give_zero_not_nan(transform):
+    logits = torch.randn(1, K, 4, 4)
+    logits[0, 1, 0, 1] = float("inf")
+    logits[0, 3, 2, 2] = float("-inf")
+    logits.requires_grad_()
+    one_class = torch.full((1, 4, 4), 2)
+    for t in (one_class, torch.full((1, 4, 4), 255)):
+        loss = auc_loss(logits, t, transform=transform)
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.equal(logits.grad, torch.zeros_like(logits))
+        logits.grad = None
+    # every pixel ignored: CE is 0 too, and the total stays finite
+    out = SegmentationLoss(w_auc=1.0)(logits, torch.full((1, 4, 4), 255))
+    assert out["loss"].item() == 0.0 and out["ce"].item() == 0.0
+
+
+def test_infinite_logits_with_two_classes_are_finite_and_match_brute_force():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(2, (1, 4, 5), generator=g)
+    logits[0, 0, 0, 0], logits[0, 1, 1, 1] = float("inf"), float("-inf")
+    got = auc_loss(logits, target)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, brute_force(logits, target, "square", "ovo", "code"))
 
 
 def test_two_class_problem_works():  # the official num_classes == 2 branch raises a TypeError

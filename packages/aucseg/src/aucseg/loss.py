@@ -11,7 +11,16 @@ The one-vs-one objective with surrogate :math:`\ell` is
         \frac{1}{|N_i||N_j|} \sum_{m \in N_i} \sum_{n \in N_j} \ell(p_{m,i} - p_{n,i}),
 
 where the pair for class :math:`i` always reads column :math:`i` ("is pixel m more class-i than
-pixel n"). No pixel pair is formed: every surrogate here separates into per-class means of
+pixel n"). The one-vs-all objective puts every valid pixel not labelled :math:`i` on the negative
+side, :math:`\bar N_i`, and *sums* the per-class terms, as the official code does (its factor is
+1, not :math:`1/B_c`; ``ova_reduction="mean"`` divides by :math:`B_c`):
+
+.. math::
+
+    L_{ova} = s \sum_{i \in \mathcal{P}} \frac{1}{|N_i||\bar N_i|}
+        \sum_{m \in N_i} \sum_{n \in \bar N_i} \ell(p_{m,i} - p_{n,i}).
+
+No pixel pair is formed: every surrogate here separates into per-class means of
 per-pixel functions, gathered with one ``index_add_`` in :math:`O(NK)`.
 """
 
@@ -28,6 +37,7 @@ __all__ = ["AUCLoss", "SegmentationLoss", "auc_loss"]
 Surrogate = Literal["square", "exp", "hinge"]
 Transform = Literal["ovo", "ova"]
 Scale = Literal["code", "paper"]
+Reduction = Literal["sum", "mean"]
 
 # The official SquareAUCLoss returns one half of the mean pair loss; exp returns the mean.
 _CODE_SCALE = {"square": 0.5, "exp": 1.0, "hinge": 1.0}
@@ -51,6 +61,12 @@ def _flatten(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[
     return z[valid], y[valid]
 
 
+def _zero_like_graph(logits: Tensor) -> Tensor:
+    """A scalar 0 attached to ``logits``' graph with a zero gradient, finite even when some
+    logits are infinite (``logits.sum() * 0`` would be ``inf * 0 = nan``)."""
+    return logits.reshape(-1)[:0].sum()
+
+
 def _class_means(values: Tensor, y: Tensor, counts: Tensor) -> Tensor:
     """M[c, i] = mean of ``values[:, i]`` over the pixels of class c (0 for absent classes)."""
     k = values.shape[1]
@@ -65,6 +81,7 @@ def auc_loss(
     surrogate: Surrogate = "square",
     transform: Transform = "ovo",
     scale: Scale = "code",
+    ova_reduction: Reduction = "sum",
     gamma: float = 1.0,
     ignore_index: int | None = 255,
 ) -> Tensor:
@@ -79,13 +96,16 @@ def auc_loss(
             linear loss :math:`\gamma - t` exactly; that is the closed form used (the official
             HingeAUCLoss has an extra :math:`1/|N_i|` on its negative term, not copied).
         transform: ``"ovo"`` (one-vs-one over ordered pairs of present classes, the default) or
-            ``"ova"`` (class i against all other valid pixels, averaged over the B_c classes).
+            ``"ova"`` (class i against all other valid pixels, for each present class i).
         scale: ``"code"`` multiplies the mean by the official factor (1/2 for square, 1 for exp and
             hinge), matching the released loss weights; ``"paper"`` is the exact mean.
+        ova_reduction: how ``"ova"`` combines the B_c per-class terms: ``"sum"`` (the official
+            code's scale, the default) or ``"mean"`` (1/B_c of it). Ignored for ``"ovo"``.
         gamma: margin :math:`\gamma` (1 in all configs).
 
     Returns:
-        A scalar; exactly 0 (still attached to the graph) when fewer than two classes are present.
+        A scalar; exactly 0 (still attached to the graph, zero gradient) when fewer than two
+        classes are present, also when some logits are infinite.
 
     Cost: O(N·K) time and memory; the N² pixel pairs are never formed.
     """
@@ -95,6 +115,8 @@ def auc_loss(
         raise ValueError(f"transform must be 'ovo' or 'ova', got {transform!r}")
     if scale not in ("code", "paper"):
         raise ValueError(f"scale must be 'code' or 'paper', got {scale!r}")
+    if ova_reduction not in ("sum", "mean"):
+        raise ValueError(f"ova_reduction must be 'sum' or 'mean', got {ova_reduction!r}")
     if surrogate == "hinge" and gamma < 1:
         raise ValueError("the closed-form hinge needs gamma >= 1 (then the clamp never binds)")
     z, y = _flatten(logits, target, ignore_index)
@@ -103,7 +125,7 @@ def auc_loss(
     present = counts > 0
     n_present = int(present.sum())
     if n_present < 2:
-        return logits.sum() * 0.0
+        return _zero_like_graph(logits)
     p = torch.sigmoid(z if z.dtype == torch.float64 else z.float())  # half precision -> fp32
 
     if transform == "ova":
@@ -133,8 +155,8 @@ def auc_loss(
         else:  # hinge with γ ≥ 1 on scores in [0, 1]: γ - a + b ≥ 0, the clamp never binds
             pair = (gamma - d1) + negatives(m1)
 
-    if transform == "ova":
-        mean = pair[present].sum() / n_present
+    if transform == "ova":  # official: a sum over the present classes (factor 1)
+        mean = pair[present].sum() / (n_present if ova_reduction == "mean" else 1)
     else:
         mask = present.unsqueeze(0) & present.unsqueeze(1)
         mask.fill_diagonal_(False)
@@ -154,12 +176,13 @@ class AUCLoss(nn.Module):
         surrogate: Surrogate = "square",
         transform: Transform = "ovo",
         scale: Scale = "code",
+        ova_reduction: Reduction = "sum",
         gamma: float = 1.0,
         ignore_index: int | None = 255,
     ):
         super().__init__()
         self.surrogate, self.transform, self.scale = surrogate, transform, scale
-        self.gamma, self.ignore_index = gamma, ignore_index
+        self.ova_reduction, self.gamma, self.ignore_index = ova_reduction, gamma, ignore_index
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return auc_loss(
@@ -168,12 +191,14 @@ class AUCLoss(nn.Module):
             surrogate=self.surrogate,
             transform=self.transform,
             scale=self.scale,
+            ova_reduction=self.ova_reduction,
             gamma=self.gamma,
             ignore_index=self.ignore_index,
         )
 
     def extra_repr(self) -> str:
-        return f"surrogate={self.surrogate}, transform={self.transform}, scale={self.scale}"
+        extra = f", ova_reduction={self.ova_reduction}" if self.transform == "ova" else ""
+        return f"surrogate={self.surrogate}, transform={self.transform}, scale={self.scale}{extra}"
 
 
 class SegmentationLoss(nn.Module):
@@ -195,8 +220,9 @@ class SegmentationLoss(nn.Module):
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=False)
         target = target.long()
-        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
-        if not torch.isfinite(ce):  # every pixel ignored
-            ce = logits.sum() * 0.0
+        if (target != self.ignore_index).any():
+            ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        else:  # every pixel ignored: CE would be 0/0
+            ce = _zero_like_graph(logits)
         auc = self.auc(logits, target) if self.w_auc else logits.new_zeros(())
         return {"loss": self.w_auc * auc + self.w_ce * ce, "ce": ce.detach(), "auc": auc.detach()}

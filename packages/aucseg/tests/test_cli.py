@@ -155,3 +155,209 @@ def test_acceptance_reports_met_and_missed():
         "activations(c, B=4) <= 0.35 x activations(d, B*)",
     }
     assert not only_c["activations(c, B=4) <= 0.35 x activations(d, B*)"]["met"]
+
+
+# ---- bad input: one line naming the problem, exit code 2, nothing written ----------------------
+
+
+def write_ade(root, n=2, shape=(24, 32)):
+    """A tiny ADE20K layout (train and val); returns the training (image, label) paths."""
+    rng = np.random.default_rng(1)
+    base = root / "ADEChallengeData2016"
+    paths = []
+    for split, sub in (("train", "training"), ("val", "validation")):
+        for i in range(n):
+            img = base / "images" / sub / f"ADE_{split}_{i:08d}.jpg"
+            ann = base / "annotations" / sub / f"ADE_{split}_{i:08d}.png"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            ann.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(img)
+            Image.fromarray(rng.integers(0, 151, shape, dtype=np.uint8)).save(ann)
+            if split == "train":
+                paths.append((img, ann))
+    return paths
+
+
+def ade_train(root, out, *extra):
+    return [
+        "train",
+        "--data",
+        str(root),
+        "--layout",
+        "ade20k",
+        "--iters",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "16",
+        "--img-scale",
+        "32",
+        "24",
+        "--threads",
+        "1",
+        "--backbone",
+        "resnet10t",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def nothing_written(out):
+    return not out.exists() or not any(out.iterdir())
+
+
+def _corrupt(img, ann):
+    img.write_bytes(b"\x00\x01 this is not a JPEG" * 10)
+    return img
+
+
+def _empty(img, ann):
+    img.write_bytes(b"")
+    return img
+
+
+def _truncated_image(img, ann):
+    data = img.read_bytes()
+    img.write_bytes(data[: len(data) - 300])  # the header survives, the pixel data does not
+    return img
+
+
+def _truncated_label(img, ann):
+    data = ann.read_bytes()
+    ann.write_bytes(data[: len(data) - 30])
+    return ann
+
+
+def _sixteen_bit_image(img, ann):
+    h, w = np.asarray(Image.open(ann)).shape
+    Image.fromarray(np.full((h, w), 40000, dtype=np.uint16)).save(img, format="PNG")
+    return img
+
+
+def _rgb_label(img, ann):
+    lab = np.asarray(Image.open(ann))
+    Image.fromarray(np.stack([lab] * 3, -1)).save(ann)
+    return ann
+
+
+def _label_wrong_size(img, ann):
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(ann)
+    return ann
+
+
+BAD_FILES = {
+    "corrupt image": (_corrupt, "not a readable image (UnidentifiedImageError)"),
+    "empty image": (_empty, "is an empty file"),
+    "truncated image": (_truncated_image, "truncated or corrupt"),
+    "truncated label": (_truncated_label, "truncated or corrupt"),
+    "16-bit image": (_sixteen_bit_image, "has mode I;16; expected an 8-bit image"),
+    "RGB label": (_rgb_label, "has mode RGB; expected an 8-bit single-channel PNG"),
+    "label of the wrong size": (_label_wrong_size, "is 12x10 but its image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_in_the_ade20k_layout_give_one_line_naming_the_file(tmp_path, capsys, case):
+    damage, message = BAD_FILES[case]
+    pairs = write_ade(tmp_path / "data")
+    bad = damage(*pairs[1])
+    out = tmp_path / "out"
+    assert main(ade_train(tmp_path / "data", out)) == 2
+    line = one_error_line(capsys)
+    assert str(bad) in line and message in line, line
+    assert nothing_written(out)
+
+
+def test_a_truncated_image_in_a_dataloader_worker_is_still_one_line(tmp_path, capsys):
+    pairs = write_ade(tmp_path / "data")
+    bad = _truncated_image(*pairs[0])
+    _truncated_image(*pairs[1])
+    out = tmp_path / "out"
+    assert main(ade_train(tmp_path / "data", out, "--num-workers", "1")) == 2
+    line = one_error_line(capsys)
+    assert str(bad.parent) in line and "truncated or corrupt" in line, line
+    assert nothing_written(out)
+
+
+def test_a_corrupt_validation_image_fails_evaluate_in_one_line(tmp_path, capsys):
+    write_ade(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(ade_train(tmp_path / "data", out)) == 0
+    val = tmp_path / "data/ADEChallengeData2016/images/validation/ADE_val_00000001.jpg"
+    val.write_bytes(b"GIF89a broken")
+    ev = tmp_path / "ev"
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--layout", "ade20k"]
+    assert main([*args, "--checkpoint", str(out / "model.pt"), "--out", str(ev)]) == 2
+    line = one_error_line(capsys)
+    assert str(val) in line and "not a readable image" in line
+    assert nothing_written(ev)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--iters", "0", "must be an integer >= 1, got 0"),
+        ("--batch-size", "0", "must be an integer >= 1, got 0"),
+        ("--crop", "0", "must be an integer >= 1, got 0"),
+        ("--lr", "0", "must be a number > 0, got 0"),
+        ("--lr", "-1e-4", "must be a number > 0, got -1e-4"),
+        ("--lr", "nan", "must be a number > 0, got nan"),
+        ("--lr", "fast", "expected a number > 0, got 'fast'"),
+        ("--p-sample", "1.5", "must be a number in [0, 1], got 1.5"),
+        ("--memory-size", "0", "must be an integer >= 1, got 0"),
+        ("--num-workers", "-1", "must be an integer >= 0, got -1"),
+    ],
+)
+def test_out_of_range_numbers_are_rejected_before_any_work(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(ade_train(tmp_path / "no-data", out, f"{flag}={value}"))
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: {message}" in last, last
+    assert nothing_written(out)
+
+
+def test_config_file_values_are_validated_by_the_config_dataclass(tmp_path, capsys):
+    from aucseg import TrainConfig
+    from labcore.cli import UserError
+
+    write_ade(tmp_path / "data")
+    for bad in ({"iters": 0}, {"lr": -1.0}, {"batch_size": 0}, {"crop": 0}):
+        cfg = tmp_path / "bad.json"
+        cfg.write_text(json.dumps(bad))
+        out = tmp_path / "out"
+        args = ade_train(tmp_path / "data", out)
+        for key in ("--iters", "--batch-size", "--crop"):  # let the config file set them
+            i = args.index(key)
+            del args[i : i + 2]
+        assert main([*args, "--config", str(cfg)]) == 2, bad
+        line = one_error_line(capsys)
+        assert next(iter(bad)) in line and "must be" in line, line
+        assert nothing_written(out)
+    with pytest.raises(UserError, match="iters must be an integer >= 1"):
+        TrainConfig(iters=0)
+    with pytest.raises(UserError, match="lr must be a finite number > 0"):
+        TrainConfig(lr=float("inf"))
+    with pytest.raises(UserError, match="ova_reduction"):
+        TrainConfig(auc={"transform": "ova", "ova_reduction": "max"})
+
+
+def test_every_flag_has_help_text_and_shows_its_default():
+    import argparse
+
+    from aucseg.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest not in ("help", "device", "seed"):
+                assert action.help and action.help.strip(), (name, action.option_strings)
+        text = parser.format_help()
+        assert "(default:" in text, name
+    train_help = sub.choices["train"].format_help()
+    for flag in ("--iters", "--batch-size", "--crop", "--lr"):
+        assert flag in train_help
+    assert "default: 160000" in train_help and "default: 6e-05" in train_help

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labcore.cli import UserError
+
 __all__ = ["BankEntry", "TMemoryBank"]
 
 
@@ -76,15 +78,15 @@ class TMemoryBank:
     ):
         tail = sorted({int(c) for c in tail_classes})
         if not tail:
-            raise ValueError("tail_classes is empty")
+            raise UserError("tail_classes is empty")
         if tail[0] < 0 or tail[-1] >= num_classes:
-            raise ValueError(f"tail class ids must lie in [0, {num_classes}), got {tail}")
+            raise UserError(f"tail class ids must lie in [0, {num_classes}), got {tail}")
         if memory_size < 1:
-            raise ValueError("memory_size must be >= 1")
+            raise UserError(f"memory_size must be an integer >= 1, got {memory_size!r}")
         if not 0.0 <= p_sample <= 1.0:
-            raise ValueError(f"p_sample must lie in [0, 1], got {p_sample}")
+            raise UserError(f"p_sample must lie in [0, 1], got {p_sample}")
         if not 0.0 < p_resize <= 1.0:
-            raise ValueError(f"p_resize must lie in (0, 1], got {p_resize}")
+            raise UserError(f"p_resize must lie in (0, 1], got {p_resize}")
         self.num_classes, self.tail_classes = num_classes, tail
         self.memory_size, self.p_sample, self.p_resize = memory_size, p_sample, p_resize
         self.seed = seed

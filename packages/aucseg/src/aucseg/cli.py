@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import sys
 from dataclasses import asdict
@@ -19,81 +20,184 @@ from labcore.runs import Timer, resolve_device, seed_everything, write_result
 PROG = "aucseg"
 
 
+def _number(kind, test, want):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return value
+
+    parse.__name__ = want  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+unit_interval = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+open_unit_interval = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+image_size = _number(int, lambda v: v >= 32, "an integer >= 32")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = common_parser(PROG)
     p = argparse.ArgumentParser(
         prog=PROG, description="AUCSeg: pixel-level AUC loss + T-Memory Bank"
     )
     sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     d = sub.add_parser(
-        "demo", parents=[common], help="CE vs CE+AUC vs CE+AUC+bank on synthetic scenes"
+        "demo",
+        parents=[common],
+        formatter_class=fmt,
+        help="CE vs CE+AUC vs CE+AUC+bank on synthetic scenes",
     )
     d.add_argument(
-        "--iters", type=int, default=250, help="iterations per run (spec protocol: 3000)"
+        "--iters", type=positive_int, default=250, help="iterations per run (spec protocol: 3000)"
     )
-    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    d.add_argument("--n-train", type=int, default=2000)
-    d.add_argument("--n-val", type=int, default=400)
-    d.add_argument("--size", type=int, default=96)
-    d.add_argument("--batch-size", type=int, default=4)
+    d.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds, one run per arm"
+    )
+    d.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training scenes")
+    d.add_argument("--n-val", type=positive_int, default=400, help="synthetic validation scenes")
+    d.add_argument("--size", type=image_size, default=96, help="scene side in pixels")
+    d.add_argument("--batch-size", type=positive_int, default=4, help="training batch size")
     d.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
-    d.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    d.add_argument(
+        "--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to train"
+    )
 
     def data_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--data", type=Path, required=True, help="dataset root folder")
-        q.add_argument("--layout", required=True, help="ade20k | cityscapes | cocostuff")
-        q.add_argument("--num-workers", type=int, default=0)
+        q.add_argument(
+            "--layout", required=True, help="folder layout: ade20k | cityscapes | cocostuff"
+        )
+        q.add_argument(
+            "--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes"
+        )
         q.add_argument(
             "--img-scale",
-            type=int,
+            type=positive_int,
             nargs=2,
             default=[2048, 512],
             metavar=("LONG", "SHORT"),
             help="rescale images to fit LONG x SHORT (times the random ratio in training)",
         )
 
-    t = sub.add_parser("train", parents=[common], help="train on a dataset in its folder layout")
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        formatter_class=fmt,
+        help="train on a dataset in its folder layout",
+    )
     data_args(t)
-    t.add_argument("--iters", type=int, default=160_000)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--crop", type=int, default=512)
-    t.add_argument("--lr", type=float, default=6e-5)
-    t.add_argument("--head-lr-mult", type=float, default=10.0)
-    t.add_argument("--warmup-iters", type=int, default=1500)
+    t.add_argument("--iters", type=positive_int, default=160_000, help="training iterations")
     t.add_argument(
-        "--w-auc", type=float, default=None, help="default: 4 on ade20k, else 1; 0 = CE only"
+        "--batch-size", type=positive_int, default=4, help="global batch size (all processes)"
     )
-    t.add_argument("--scale", choices=["code", "paper"], default="code")
-    t.add_argument("--surrogate", choices=["square", "exp", "hinge"], default="square")
+    t.add_argument("--crop", type=positive_int, default=512, help="square training crop (px)")
+    t.add_argument("--lr", type=positive_float, default=6e-5, help="AdamW base learning rate")
+    t.add_argument(
+        "--head-lr-mult", type=positive_float, default=10.0, help="decoder learning-rate factor"
+    )
+    t.add_argument(
+        "--warmup-iters", type=nonnegative_int, default=1500, help="linear warmup iterations"
+    )
+    t.add_argument(
+        "--w-auc",
+        type=nonnegative_float,
+        default=None,
+        help="AUC loss weight (None: 4 on ade20k, else 1); 0 = CE only",
+    )
+    t.add_argument(
+        "--scale",
+        choices=["code", "paper"],
+        default="code",
+        help="'code': the official 1/2 on the square loss; 'paper': the exact mean",
+    )
+    t.add_argument(
+        "--surrogate",
+        choices=["square", "exp", "hinge"],
+        default="square",
+        help="pairwise surrogate of the AUC loss",
+    )
+    t.add_argument(
+        "--transform",
+        choices=["ovo", "ova"],
+        default="ovo",
+        help="multi-class reduction: one-vs-one or one-vs-all",
+    )
+    t.add_argument(
+        "--ova-reduction",
+        choices=["sum", "mean"],
+        default="sum",
+        help="with --transform ova: sum the per-class terms (official) or average them",
+    )
     t.add_argument("--no-bank", action="store_true", help="train without the T-Memory Bank")
-    t.add_argument("--tail", default="preset", help="'preset' (official small_index) or 'scan'")
-    t.add_argument("--num-head", type=int, default=None, help="with --tail scan: head class count")
     t.add_argument(
-        "--head-share", type=float, default=0.9, help="with --tail scan: head pixel share"
+        "--tail",
+        choices=["preset", "scan"],
+        default="preset",
+        help="tail classes: 'preset' (official small_index) or 'scan' (training pixel counts)",
     )
-    t.add_argument("--memory-size", type=int, default=5)
-    t.add_argument("--p-sample", type=float, default=None, help="default: the official value")
-    t.add_argument("--p-resize", type=float, default=None, help="default: the official value")
-    t.add_argument("--backbone", default="resnet18")
+    t.add_argument(
+        "--num-head",
+        type=nonnegative_int,
+        default=None,
+        help="with --tail scan: number of head classes (instead of --head-share)",
+    )
+    t.add_argument(
+        "--head-share",
+        type=open_unit_interval,
+        default=0.9,
+        help="with --tail scan: pixel share the head classes cover",
+    )
+    t.add_argument(
+        "--memory-size", type=positive_int, default=5, help="bank capacity S_M per tail class"
+    )
+    t.add_argument(
+        "--p-sample",
+        type=unit_interval,
+        default=None,
+        help="share of absent tail classes pasted per sample (None: the official value)",
+    )
+    t.add_argument(
+        "--p-resize",
+        type=open_unit_interval,
+        default=None,
+        help="scale of a pasted object (None: the official value)",
+    )
+    t.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
     t.add_argument("--pretrained", default="", help="local backbone checkpoint file (timm keys)")
 
-    e = sub.add_parser("evaluate", parents=[common], help="dataset-level mIoU of a trained model")
+    e = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        formatter_class=fmt,
+        help="dataset-level mIoU of a trained model",
+    )
     data_args(e)
     e.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by train")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", choices=["train", "val"], default="val", help="split to evaluate")
 
-    b = sub.add_parser("bench", parents=[common], help="loss scaling, bank cost, activation memory")
-    b.add_argument("--quick", action="store_true", help="small sizes for CI")
+    b = sub.add_parser(
+        "bench",
+        parents=[common],
+        formatter_class=fmt,
+        help="loss scaling, bank cost, activation memory",
+    )
+    b.add_argument("--quick", action="store_true", help="small sizes for CI (<= 90 s)")
     return p
 
 
 def _demo(args, device) -> int:
     from aucseg.demo import format_table, run_demo
 
-    for name in ("iters", "n_train", "n_val", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive")
     res = run_demo(
         iters=args.iters,
         seeds=args.seeds,
@@ -144,7 +248,7 @@ def _bank_for(args, layout, pairs):
             else {"head_share": args.head_share}
         )
         tail = select_tail_classes(counts, **cut)
-    else:
+    else:  # a --config file can bypass argparse's choices
         raise UserError(f"--tail must be 'preset' or 'scan', got {args.tail!r}")
     off = OFFICIAL_BANK[layout.name]
     bank = (
@@ -169,6 +273,22 @@ def _train(args, device) -> int:
     from aucseg.train import TrainConfig, train
 
     layout = get_layout(args.layout)
+    w_auc = OFFICIAL_BANK[layout.name]["w_auc"] if args.w_auc is None else args.w_auc
+    cfg = TrainConfig(
+        iters=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr_mult=args.head_lr_mult,
+        warmup_iters=args.warmup_iters,
+        w_auc=w_auc,
+        auc={
+            "scale": args.scale,
+            "surrogate": args.surrogate,
+            "transform": args.transform,
+            "ova_reduction": args.ova_reduction,
+        },
+        num_workers=args.num_workers,
+    )
     pairs = find_pairs(args.data, args.layout, "train")
     bank, tail, counts = _bank_for(args, layout, pairs)
     ds = FolderSegmentation(
@@ -180,22 +300,12 @@ def _train(args, device) -> int:
         scale=tuple(args.img_scale),
         seed=args.seed,
     )
-    w_auc = OFFICIAL_BANK[layout.name]["w_auc"] if args.w_auc is None else args.w_auc
-    cfg = TrainConfig(
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        head_lr_mult=args.head_lr_mult,
-        warmup_iters=args.warmup_iters,
-        w_auc=w_auc,
-        auc={"scale": args.scale, "surrogate": args.surrogate},
-        num_workers=args.num_workers,
-    )
     model = build_segmenter(layout.num_classes, args.backbone, checkpoint_path=args.pretrained)
     with Timer() as t:
         hist = train(model, ds, cfg, device=device, seed=args.seed, coverage_classes=tail)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "model.pt"
+    tmp = ckpt.with_suffix(".pt.tmp")
     torch.save(
         {
             "model": model.state_dict(),
@@ -205,8 +315,9 @@ def _train(args, device) -> int:
             "pixel_counts": counts.tolist(),
             "tail": tail,
         },
-        ckpt,
+        tmp,
     )
+    tmp.replace(ckpt)  # never a half-written checkpoint
     config = {
         **asdict(cfg),
         "layout": layout.name,

@@ -23,6 +23,7 @@ __all__ = [
     "FolderSegmentation",
     "Layout",
     "TensorSegmentation",
+    "check_pairs",
     "find_pairs",
     "normalize",
     "pixel_counts",
@@ -116,26 +117,86 @@ def find_pairs(root: str | Path, layout: str, split: str = "train") -> list[tupl
     return pairs
 
 
+# 8-bit colour or grey modes an RGB conversion reads faithfully; 16/32-bit and float images
+# ("I", "I;16", "F") would be clipped to [0, 255] without a word, so they are refused.
+IMAGE_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1")
+LABEL_MODES = ("L", "P")
+
+
+def _open(path: str | Path, what: str) -> Image.Image:
+    """``Image.open`` with corrupt, empty and non-image files reported as one line naming them."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is an empty file")
+    try:
+        return Image.open(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        raise UserError(f"{what} {path} is not a readable image ({type(err).__name__})") from None
+
+
+def _decode(im: Image.Image, path: str | Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt pixel data
+        raise UserError(f"{what} {path} is truncated or corrupt ({err})") from None
+
+
+def _check_mode(im: Image.Image, path: str | Path, what: str, modes: Sequence[str]) -> None:
+    if im.mode not in modes:
+        expected = "an 8-bit single-channel PNG" if what == "label" else "an 8-bit image"
+        raise UserError(f"{what} {path} has mode {im.mode}; expected {expected}")
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB image as an (H, W, 3) uint8 array."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """RGB image as an (H, W, 3) uint8 array.
+
+    Raises :class:`labcore.cli.UserError` naming the file when it is empty, not an image,
+    truncated, or not 8-bit (modes outside :data:`IMAGE_MODES`)."""
+    with _open(path, "image") as im:
+        _check_mode(im, path, "image", IMAGE_MODES)
+        if im.mode != "RGB":
+            try:
+                im = im.convert("RGB")
+            except (OSError, SyntaxError, ValueError) as err:
+                raise UserError(f"image {path} is truncated or corrupt ({err})") from None
+        return _decode(im, path, "image")
 
 
 def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
-    """Label map, (H, W) uint8; ``reduce_zero_label``: 0 -> 255, k -> k - 1, 255 stays."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise UserError(
-                f"label {path} has mode {im.mode}; expected an 8-bit single-channel PNG"
-            )
-        lab = np.asarray(im).astype(np.uint8)
+    """Label map, (H, W) uint8; ``reduce_zero_label``: 0 -> 255, k -> k - 1, 255 stays.
+
+    Raises :class:`labcore.cli.UserError` naming the file when it is empty, not an image,
+    truncated, or not single-channel 8-bit (mode L or P)."""
+    with _open(path, "label") as im:
+        _check_mode(im, path, "label", LABEL_MODES)
+        lab = _decode(im, path, "label").astype(np.uint8)
     if reduce_zero_label:
         lab = lab.copy()
         lab[lab == 0] = IGNORE
         lab = lab - 1
         lab[lab == IGNORE - 1] = IGNORE
     return lab
+
+
+def check_pairs(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Open every (image, label) header once: empty, unreadable, wrong-mode files and label maps
+    whose size differs from their image's are a :class:`labcore.cli.UserError` naming the file,
+    before any training starts. Only headers are read (cheap); truncated pixel data is caught
+    when a file is decoded (:func:`read_image`, :func:`read_label`)."""
+    for img_path, ann_path in pairs:
+        with _open(img_path, "image") as im:
+            _check_mode(im, img_path, "image", IMAGE_MODES)
+            img_size = im.size
+        with _open(ann_path, "label") as lab:
+            _check_mode(lab, ann_path, "label", LABEL_MODES)
+            lab_size = lab.size
+        if img_size != lab_size:
+            raise UserError(
+                f"label {ann_path} is {lab_size[0]}x{lab_size[1]} but its image {img_path} is "
+                f"{img_size[0]}x{img_size[1]} (width x height)"
+            )
 
 
 def pixel_counts(
@@ -200,6 +261,8 @@ class FolderSegmentation(_WorkerRNG, Dataset):
     ``scale`` times a ratio in ``ratio_range``, RandomCrop(``crop``, cat_max_ratio 0.75), flip 0.5,
     Normalize, Pad (0 / 255), then ``bank`` if given (a :class:`aucseg.TMemoryBank`).
     ``train=False``: the whole image rescaled to fit ``scale``, the label at full size.
+    ``check=True`` opens every file's header at construction (:func:`check_pairs`), so a bad file
+    is reported before any work.
 
     Items: (image float32 (3, H, W), label int64 (H, W)).
     """
@@ -217,9 +280,21 @@ class FolderSegmentation(_WorkerRNG, Dataset):
         cat_max_ratio: float = 0.75,
         bank: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         seed: int = 0,
+        check: bool = True,
     ):
+        if not isinstance(crop, int) or crop < 1:
+            raise UserError(f"crop must be a positive integer, got {crop!r}")
+        if len(scale) != 2 or min(scale) < 1:
+            raise UserError(f"scale must be two positive integers, got {scale!r}")
+        lo, hi = ratio_range
+        if not 0 < lo <= hi:
+            raise UserError(f"ratio_range must satisfy 0 < low <= high, got {ratio_range!r}")
+        if not 0 < cat_max_ratio <= 1:
+            raise UserError(f"cat_max_ratio must lie in (0, 1], got {cat_max_ratio!r}")
         self.layout = get_layout(layout)
         self.pairs = find_pairs(root, layout, split)
+        if check:
+            check_pairs(self.pairs)
         self.train, self.crop, self.scale, self.ratio_range = train, crop, scale, ratio_range
         self.cat_max_ratio, self.bank = cat_max_ratio, bank
         self.seed = seed

@@ -26,6 +26,7 @@ per-pixel functions, gathered with one ``index_add_`` in :math:`O(NK)`.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -74,6 +75,21 @@ def _class_means(values: Tensor, y: Tensor, counts: Tensor) -> Tensor:
     return sums / counts.clamp(min=1).unsqueeze(1).to(values.dtype)
 
 
+def _check_options(surrogate, transform, scale, ova_reduction, gamma) -> None:
+    if surrogate not in _CODE_SCALE:
+        raise ValueError(f"surrogate must be one of {sorted(_CODE_SCALE)}, got {surrogate!r}")
+    if transform not in ("ovo", "ova"):
+        raise ValueError(f"transform must be 'ovo' or 'ova', got {transform!r}")
+    if scale not in ("code", "paper"):
+        raise ValueError(f"scale must be 'code' or 'paper', got {scale!r}")
+    if ova_reduction not in ("sum", "mean"):
+        raise ValueError(f"ova_reduction must be 'sum' or 'mean', got {ova_reduction!r}")
+    if not isinstance(gamma, int | float) or not math.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if surrogate == "hinge" and gamma < 1:
+        raise ValueError("the closed-form hinge needs gamma >= 1 (then the clamp never binds)")
+
+
 def auc_loss(
     logits: Tensor,
     target: Tensor,
@@ -109,16 +125,7 @@ def auc_loss(
 
     Cost: O(N·K) time and memory; the N² pixel pairs are never formed.
     """
-    if surrogate not in _CODE_SCALE:
-        raise ValueError(f"surrogate must be one of {sorted(_CODE_SCALE)}, got {surrogate!r}")
-    if transform not in ("ovo", "ova"):
-        raise ValueError(f"transform must be 'ovo' or 'ova', got {transform!r}")
-    if scale not in ("code", "paper"):
-        raise ValueError(f"scale must be 'code' or 'paper', got {scale!r}")
-    if ova_reduction not in ("sum", "mean"):
-        raise ValueError(f"ova_reduction must be 'sum' or 'mean', got {ova_reduction!r}")
-    if surrogate == "hinge" and gamma < 1:
-        raise ValueError("the closed-form hinge needs gamma >= 1 (then the clamp never binds)")
+    _check_options(surrogate, transform, scale, ova_reduction, gamma)
     z, y = _flatten(logits, target, ignore_index)
     k = logits.shape[1]
     counts = torch.bincount(y, minlength=k)
@@ -181,6 +188,7 @@ class AUCLoss(nn.Module):
         ignore_index: int | None = 255,
     ):
         super().__init__()
+        _check_options(surrogate, transform, scale, ova_reduction, gamma)
         self.surrogate, self.transform, self.scale = surrogate, transform, scale
         self.ova_reduction, self.gamma, self.ignore_index = ova_reduction, gamma, ignore_index
 

@@ -7,9 +7,13 @@ bank are model-agnostic: the paper plugs them into DeepLabV3+, OCRNet, EMANet an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from labcore.cli import UserError
 
 __all__ = ["FPNSegmenter", "build_segmenter"]
 
@@ -73,7 +77,12 @@ class FPNSegmenter(nn.Module):
 
 def build_segmenter(num_classes: int, backbone: str = "resnet18", **kw) -> FPNSegmenter:
     """An :class:`FPNSegmenter`; ``backbone`` is any timm model supporting ``features_only``."""
+    path = kw.get("checkpoint_path") or ""
+    if path and not Path(path).is_file():
+        raise UserError(f"backbone checkpoint not found: {path}")
     try:
         return FPNSegmenter(num_classes, backbone, **kw)
     except RuntimeError as e:
-        raise ValueError(f"cannot build backbone {backbone!r}: {e}") from None
+        what = f"backbone {backbone!r}" + (f" from {path}" if path else "")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot build {what}: {first}") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from aucseg.loss import SegmentationLoss
-from labcore.cli import progress
+from aucseg.loss import AUCLoss, SegmentationLoss
+from labcore.cli import UserError, progress
 from labcore.metrics import ConfusionMatrix
 
 __all__ = [
@@ -40,8 +41,34 @@ class TrainConfig:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     w_auc: float = 1.0  # 0: cross-entropy only
-    auc: dict = field(default_factory=dict)  # AUCLoss options: surrogate, transform, scale
+    auc: dict = field(default_factory=dict)  # AUCLoss options: surrogate, transform, scale, ...
     num_workers: int = 0
+
+    def __post_init__(self):
+        def check(name: str, ok: bool, want: str) -> None:
+            if not ok:
+                raise UserError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        check("iters", is_int(self.iters) and self.iters >= 1, "an integer >= 1")
+        check("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1")
+        check("lr", is_num(self.lr) and self.lr > 0, "a finite number > 0")
+        check("weight_decay", is_num(self.weight_decay) and self.weight_decay >= 0, "≥ 0")
+        check("head_lr_mult", is_num(self.head_lr_mult) and self.head_lr_mult > 0, "> 0")
+        check("power", is_num(self.power) and self.power >= 0, "a finite number >= 0")
+        check("warmup_iters", is_int(self.warmup_iters) and self.warmup_iters >= 0, "≥ 0")
+        check("warmup_ratio", is_num(self.warmup_ratio) and 0 < self.warmup_ratio <= 1, "in (0, 1]")
+        check("w_auc", is_num(self.w_auc) and self.w_auc >= 0, "a finite number >= 0")
+        check("num_workers", is_int(self.num_workers) and self.num_workers >= 0, "≥ 0")
+        try:
+            AUCLoss(**self.auc)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"TrainConfig.auc: {err}") from None
 
 
 def poly_lr(it: int, cfg: TrainConfig) -> float:
@@ -93,7 +120,19 @@ def _batches(dataset: Dataset, cfg: TrainConfig, seed: int):
         persistent_workers=cfg.num_workers > 0,
     )
     while True:
-        yield from loader
+        yield from worker_errors(loader)
+
+
+def worker_errors(batches: Iterable) -> Iterator:
+    """Iterate ``batches``; a :class:`UserError` raised in a ``DataLoader`` worker (which torch
+    re-raises with the worker's whole traceback as its message) comes back as its one line."""
+    try:
+        yield from batches
+    except UserError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught UserError"):
+            raise UserError(lines[-1].split("UserError: ", 1)[-1]) from None
+        raise
 
 
 def train(
@@ -156,7 +195,7 @@ def evaluate(
     model.to(device).eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     loader = DataLoader(dataset, batch_size, shuffle=False)
-    for img, lab in progress(loader, desc="evaluate", leave=False):
+    for img, lab in progress(worker_errors(loader), desc="evaluate", leave=False):
         logits = model(img.to(device))
         logits = F.interpolate(logits, lab.shape[-2:], mode="bilinear", align_corners=False)
         cm.update(logits.argmax(1).cpu(), lab)

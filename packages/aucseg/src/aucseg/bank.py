@@ -62,7 +62,8 @@ class TMemoryBank:
             City 1.0).
         seed: seeds the bank's own generator; ``None`` uses ``torch.initial_seed()``. Inside a
             ``DataLoader`` worker the worker id is mixed in, so every worker owns a separate bank
-            with its own stream, as in the official pipeline.
+            with its own stream, as in the official pipeline; under ``torchrun`` the rank too
+            (one bank per process, as in mmseg's multi-GPU runs).
 
     The input tensors are not modified; new tensors are returned.
     """
@@ -100,7 +101,9 @@ class TMemoryBank:
         if self._rng is None:
             worker = torch.utils.data.get_worker_info()
             base = self.seed if self.seed is not None else torch.initial_seed()
-            self._rng = np.random.default_rng([base % 2**63, worker.id if worker else 0])
+            dist = torch.distributed
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            self._rng = np.random.default_rng([base % 2**63, worker.id if worker else 0, rank])
         return self._rng
 
     def __len__(self) -> int:

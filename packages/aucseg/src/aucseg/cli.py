@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from aucseg.demo import ARMS
+from labcore import dist
 from labcore.cli import UserError, common_parser, error_boundary, parse_args
 from labcore.runs import Timer, resolve_device, seed_everything, write_result
 
@@ -58,16 +59,23 @@ def _parser() -> argparse.ArgumentParser:
         help="CE vs CE+AUC vs CE+AUC+bank on synthetic scenes",
     )
     d.add_argument(
-        "--iters", type=positive_int, default=250, help="iterations per run (spec protocol: 3000)"
+        "--iters", type=positive_int, default=1200, help="iterations per run (spec protocol: 3000)"
     )
     d.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds, one run per arm"
     )
     d.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training scenes")
     d.add_argument("--n-val", type=positive_int, default=400, help="synthetic validation scenes")
-    d.add_argument("--size", type=image_size, default=96, help="scene side in pixels")
+    d.add_argument("--size", type=image_size, default=64, help="scene side in pixels")
     d.add_argument("--batch-size", type=positive_int, default=4, help="training batch size")
-    d.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
+    d.add_argument("--backbone", default="resnet10t", help="any timm model with features_only")
+    d.add_argument("--channels", type=positive_int, default=32, help="width of the FPN decoder")
+    d.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="(seed, arm) runs trained at once in separate processes (same numbers)",
+    )
     d.add_argument(
         "--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to train"
     )
@@ -173,7 +181,20 @@ def _parser() -> argparse.ArgumentParser:
         help="scale of a pasted object (None: the official value)",
     )
     t.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
+    t.add_argument("--channels", type=positive_int, default=64, help="width of the FPN decoder")
+    t.add_argument(
+        "--norm",
+        choices=["bn", "gn"],
+        default="bn",
+        help="decoder normalisation: BatchNorm (per process under torchrun) or GroupNorm",
+    )
     t.add_argument("--pretrained", default="", help="local backbone checkpoint file (timm keys)")
+    t.add_argument(
+        "--sync-auc",
+        action="store_true",
+        help="under torchrun: AUC loss over all processes' pixels (default: per process, "
+        "as mmseg's multi-GPU runs)",
+    )
 
     e = sub.add_parser(
         "evaluate",
@@ -206,6 +227,8 @@ def _demo(args, device) -> int:
         size=args.size,
         batch_size=args.batch_size,
         backbone=args.backbone,
+        channels=args.channels,
+        jobs=args.jobs,
         data_seed=args.seed,
         device=device,
         arms=args.arms,
@@ -288,6 +311,8 @@ def _train(args, device) -> int:
             "ova_reduction": args.ova_reduction,
         },
         num_workers=args.num_workers,
+        precision=args.precision,
+        sync_auc=args.sync_auc,
     )
     pairs = find_pairs(args.data, args.layout, "train")
     bank, tail, counts = _bank_for(args, layout, pairs)
@@ -300,9 +325,17 @@ def _train(args, device) -> int:
         scale=tuple(args.img_scale),
         seed=args.seed,
     )
-    model = build_segmenter(layout.num_classes, args.backbone, checkpoint_path=args.pretrained)
+    model = build_segmenter(
+        layout.num_classes,
+        args.backbone,
+        checkpoint_path=args.pretrained,
+        channels=args.channels,
+        norm=args.norm,
+    )
     with Timer() as t:
         hist = train(model, ds, cfg, device=device, seed=args.seed, coverage_classes=tail)
+    if not dist.is_main():  # rank 0 writes the checkpoint and the results
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "model.pt"
     tmp = ckpt.with_suffix(".pt.tmp")
@@ -312,6 +345,8 @@ def _train(args, device) -> int:
             "num_classes": layout.num_classes,
             "layout": layout.name,
             "backbone": args.backbone,
+            "channels": args.channels,
+            "norm": args.norm,
             "pixel_counts": counts.tolist(),
             "tail": tail,
         },
@@ -324,6 +359,11 @@ def _train(args, device) -> int:
         "tail": tail,
         "bank": repr(bank),
         "groups": class_groups(counts),
+        "backbone": args.backbone,
+        "channels": args.channels,
+        "norm": args.norm,
+        "world_size": dist.world_size(),
+        "per_rank_batch": args.batch_size // dist.world_size(),
     }
     write_result(
         args.out,
@@ -371,13 +411,25 @@ def _evaluate(args, device) -> int:
             layout.reduce_zero_label,
         )
     )
-    model = build_segmenter(layout.num_classes, backbone)
-    model.load_state_dict(state)
+    model = build_segmenter(
+        layout.num_classes,
+        backbone,
+        channels=ckpt.get("channels", 64),
+        norm=ckpt.get("norm", "bn"),
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{args.checkpoint} does not fit the model it names: {first}") from None
     ds = FolderSegmentation(
         args.data, args.layout, args.split, train=False, scale=tuple(args.img_scale)
     )
-    cm = evaluate(model, ds, layout.num_classes, device=device, batch_size=1)
+    with dist.autocast(args.precision, device):
+        cm = evaluate(model, ds, layout.num_classes, device=device, batch_size=1)
     scores = group_scores(cm, class_groups(counts))
+    if not dist.is_main():
+        return 0
     write_result(
         args.out,
         package=PROG,
@@ -385,7 +437,12 @@ def _evaluate(args, device) -> int:
         dataset=f"{layout.name}:{args.data}",
         metrics={**scores, "per_class_IoU": cm.iou().tolist()},
         device=device,
-        config={"checkpoint": str(args.checkpoint), "split": args.split},
+        config={
+            "checkpoint": str(args.checkpoint),
+            "split": args.split,
+            "precision": args.precision,
+            "world_size": dist.world_size(),
+        },
         seed=args.seed,
     )
     print(json.dumps(scores, indent=2))
@@ -424,9 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
     except ValueError as err:
         raise UserError(str(err)) from None
-    return {"demo": _demo, "train": _train, "evaluate": _evaluate, "bench": _bench}[args.command](
-        args, device
-    )
+    if args.command in ("train", "evaluate"):  # under torchrun: one process per device
+        device = dist.init(device).device
+        try:
+            return {"train": _train, "evaluate": _evaluate}[args.command](args, device)
+        finally:
+            dist.shutdown()
+    return {"demo": _demo, "bench": _bench}[args.command](args, device)
 
 
 if __name__ == "__main__":

@@ -211,19 +211,18 @@ def pixel_counts(
     return total[:num_classes]
 
 
-class _WorkerRNG:
-    """A numpy generator created on first use from (seed, DataLoader worker id), so every worker
-    draws its own augmentation stream instead of a copy of the parent's."""
+class _ItemRNG:
+    """Augmentation randomness keyed by (seed, item index, visit number of that item), not by a
+    stream shared across items: an item is augmented the same way whichever process, worker or
+    batch it lands in, so a run split over ranks sees the same samples as one process."""
 
     seed: int
-    _rng: np.random.Generator | None = None
 
-    @property
-    def rng(self) -> np.random.Generator:
-        if self._rng is None:
-            worker = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, worker.id if worker else 0])
-        return self._rng
+    def _rng_for(self, i: int) -> np.random.Generator:
+        visits = self.__dict__.setdefault("_visits", {})
+        n = visits.get(i, 0)
+        visits[i] = n + 1
+        return np.random.default_rng([self.seed % 2**63, int(i), n])
 
 
 def normalize(image: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
@@ -254,7 +253,7 @@ def _random_crop(lab: Tensor, crop: int, rng: np.random.Generator, cat_max_ratio
     return y, x
 
 
-class FolderSegmentation(_WorkerRNG, Dataset):
+class FolderSegmentation(_ItemRNG, Dataset):
     """A dataset in one of the :data:`LAYOUTS`, read from disk.
 
     ``train=True``: mmseg's training pipeline without PhotoMetricDistortion — rescale to fit
@@ -320,14 +319,15 @@ class FolderSegmentation(_WorkerRNG, Dataset):
         if not self.train:
             img, _ = _resize_pair(img, lab, self._fit_scale(*lab.shape, 1.0))
             return normalize(img), lab.long()
-        ratio = float(self.rng.uniform(*self.ratio_range))
+        rng = self._rng_for(i)
+        ratio = float(rng.uniform(*self.ratio_range))
         img, lab = _resize_pair(img, lab, self._fit_scale(*lab.shape, ratio))
-        y, x = _random_crop(lab, self.crop, self.rng, self.cat_max_ratio)
+        y, x = _random_crop(lab, self.crop, rng, self.cat_max_ratio)
         img, lab = (
             img[:, y : y + self.crop, x : x + self.crop],
             lab[y : y + self.crop, x : x + self.crop],
         )
-        if self.rng.random() < 0.5:
+        if rng.random() < 0.5:
             img, lab = img.flip(-1), lab.flip(-1)
         img = normalize(img)
         ph, pw = self.crop - lab.shape[0], self.crop - lab.shape[1]
@@ -338,7 +338,7 @@ class FolderSegmentation(_WorkerRNG, Dataset):
         return img, lab
 
 
-class TensorSegmentation(_WorkerRNG, Dataset):
+class TensorSegmentation(_ItemRNG, Dataset):
     """An in-memory dataset of uint8 images (N, 3, H, W) and labels (N, H, W).
 
     Items are normalised; with ``train=True`` a random horizontal flip and then ``bank``.
@@ -366,7 +366,7 @@ class TensorSegmentation(_WorkerRNG, Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         img, lab = self.images[i], self.labels[i]
-        if self.train and self.rng.random() < 0.5:
+        if self.train and self._rng_for(i).random() < 0.5:
             img, lab = img.flip(-1), lab.flip(-1)
         img, lab = normalize(img), lab.long()
         if self.train and self.bank is not None:

@@ -3,7 +3,10 @@ pre-registered acceptance checks. A stand-in benchmark: its numbers are not the 
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -73,24 +76,73 @@ def acceptance(mean: dict[str, dict[str, float]], memory: dict[str, float]) -> d
     return {n: {"value": v, "threshold": t, "met": bool(m)} for n, v, t, m in checks}
 
 
+def _run_arm(
+    seed: int,
+    arm: str,
+    *,
+    train_set,
+    val_set,
+    small_index,
+    groups,
+    iters,
+    batch_size,
+    backbone,
+    channels,
+    lr,
+    device,
+    threads: int | None = None,
+) -> tuple[dict, int]:
+    """Train and evaluate one (seed, arm); returns its scores and the bank's host bytes."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    k = len(CLASS_NAMES)
+    w_auc, use_bank = ARMS[arm]
+    seed_everything(seed)
+    bank = TMemoryBank(k, small_index, seed=seed, **BANK) if use_bank else None
+    ds = TensorSegmentation(train_set.images, train_set.labels, train=True, bank=bank, seed=seed)
+    model = build_segmenter(k, backbone, channels=channels)
+    cfg = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, w_auc=w_auc)
+    cpu = time.process_time()
+    with Timer() as t:
+        hist = train(
+            model,
+            ds,
+            cfg,
+            device=device,
+            seed=seed,
+            coverage_classes=small_index,
+            desc=f"{arm} seed {seed}",
+        )
+    cm = evaluate(model, TensorSegmentation(val_set.images, val_set.labels), k, device=device,
+                  batch_size=50)  # fmt: skip
+    scores = {n: 100 * v for n, v in group_scores(cm, groups).items()}
+    scores["per_class_IoU"] = (100 * cm.iou()).round(2).tolist()
+    row = {**scores, **hist, "train_s": t.elapsed, "cpu_s": time.process_time() - cpu}
+    return row, (bank.nbytes if bank is not None else 0)
+
+
 def run_demo(
     *,
-    iters: int = 250,
+    iters: int = 1200,
     seeds: Sequence[int] = (0, 1, 2),
     n_train: int = 2000,
     n_val: int = 400,
-    size: int = 96,
+    size: int = 64,
     batch_size: int = 4,
-    backbone: str = "resnet18",
+    backbone: str = "resnet10t",
+    channels: int = 32,
     lr: float = 1e-3,
     data_seed: int = 0,
     device: str | torch.device = "cpu",
     arms: Sequence[str] = tuple(ARMS),
+    jobs: int = 1,
     log=print,
 ) -> dict:
     """Train each of ``arms`` (keys of :data:`ARMS`) for each seed; evaluate on the val scenes.
 
     Returns metrics per arm (mean and per seed, IoU in %), tail coverage, memory, acceptance.
+    ``jobs > 1`` trains that many (seed, arm) runs at once in separate processes (one torch
+    thread each); every run is seeded on its own, so the numbers do not depend on ``jobs``.
     """
     with Timer() as t_data:
         train_set, val_set = make_synthetic(n_train, n_val, size, data_seed)
@@ -105,44 +157,40 @@ def run_demo(
         f"bank tail classes {small_index}, presence {np.round(presence[small_index], 3).tolist()}, "
         f"covering batch B* = {b_star}"
     )
-    val = TensorSegmentation(val_set.images, val_set.labels)
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
     per_seed: dict[str, list[dict]] = {arm: [] for arm in ARMS if arm in arms}
     bank_bytes, timings = 0, {}
-    for seed in seeds:
-        for arm in per_seed:
-            w_auc, use_bank = ARMS[arm]
-            seed_everything(seed)
-            bank = TMemoryBank(k, small_index, seed=seed, **BANK) if use_bank else None
-            ds = TensorSegmentation(
-                train_set.images, train_set.labels, train=True, bank=bank, seed=seed
-            )
-            model = build_segmenter(k, backbone)
-            cfg = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, w_auc=w_auc)
-            with Timer() as t:
-                hist = train(
-                    model,
-                    ds,
-                    cfg,
-                    device=device,
-                    seed=seed,
-                    coverage_classes=small_index,
-                    desc=f"{arm} seed {seed}",
-                )
-            cm = evaluate(model, val, k, device=device, batch_size=50)
-            scores = {n: 100 * v for n, v in group_scores(cm, groups).items()}
-            scores["per_class_IoU"] = (100 * cm.iou()).round(2).tolist()
-            row = {**scores, **hist, "train_s": t.elapsed}
-            per_seed[arm].append(row)
-            timings[f"{arm}_seed{seed}_s"] = t.elapsed
-            if bank is not None:
-                bank_bytes = max(bank_bytes, bank.nbytes)
-            log(
-                f"  seed {seed} {arm:<12} mIoU {row['mIoU']:.2f}  tail {row['tail_mIoU']:.2f}  "
-                f"coverage {hist['tail_coverage']:.2f}  ({t.elapsed:.0f}s)"
-            )
+    runs = [(seed, arm) for seed in seeds for arm in per_seed]
+    common = dict(
+        train_set=train_set,
+        val_set=val_set,
+        small_index=small_index,
+        groups=groups,
+        iters=iters,
+        batch_size=batch_size,
+        backbone=backbone,
+        channels=channels,
+        lr=lr,
+        device=str(device),
+    )
+    if jobs > 1:  # independent runs in parallel processes; each is seeded, so nothing changes
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=ctx) as pool:
+            futures = [pool.submit(_run_arm, seed, arm, threads=1, **common) for seed, arm in runs]
+            results = [f.result() for f in futures]
+    else:
+        results = (_run_arm(seed, arm, **common) for seed, arm in runs)
+    for (seed, arm), (row, nbytes) in zip(runs, results):
+        per_seed[arm].append(row)
+        timings[f"{arm}_seed{seed}_s"] = row["train_s"]
+        timings["train_cpu_s_total"] = timings.get("train_cpu_s_total", 0.0) + row["cpu_s"]
+        bank_bytes = max(bank_bytes, nbytes)
+        log(
+            f"  seed {seed} {arm:<12} mIoU {row['mIoU']:.2f}  tail {row['tail_mIoU']:.2f}  "
+            f"coverage {row['tail_coverage']:.2f}  ({row['train_s']:.0f}s)"
+        )
     keys = ["mIoU", "head_mIoU", "middle_mIoU", "tail_mIoU", "aAcc", "tail_coverage"]
     mean = {
         arm: {kk: float(np.nanmean([r[kk] for r in rows])) for kk in keys}
@@ -153,7 +201,7 @@ def run_demo(
         for arm, rows in per_seed.items()
     }
 
-    model = build_segmenter(k, backbone)
+    model = build_segmenter(k, backbone, channels=channels)
     memory = {
         "activation_bytes_b4": activation_bytes(model, batch_size, size, k),
         "activation_bytes_bstar": activation_bytes(model, b_star, size, k),
@@ -183,6 +231,7 @@ def run_demo(
             "batch_size": batch_size,
             "lr": lr,
             "backbone": backbone,
+            "channels": channels,
             "bank": BANK,
             "arms": {a: {"w_auc": ARMS[a][0], "bank": ARMS[a][1]} for a in per_seed},
             "train": asdict(TrainConfig(iters=iters)),

@@ -68,10 +68,25 @@ def _zero_like_graph(logits: Tensor) -> Tensor:
     return logits.reshape(-1)[:0].sum()
 
 
-def _class_means(values: Tensor, y: Tensor, counts: Tensor) -> Tensor:
+def _world_sum(x: Tensor, sync: bool) -> Tensor:
+    """``x`` summed over every process of the default group when ``sync`` (autograd-aware:
+    the backward sums the gradients back), else ``x``."""
+    if not sync:
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x)
+
+
+def _syncing(sync: bool) -> bool:
+    dist = torch.distributed
+    return sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _class_means(values: Tensor, y: Tensor, counts: Tensor, sync: bool = False) -> Tensor:
     """M[c, i] = mean of ``values[:, i]`` over the pixels of class c (0 for absent classes)."""
     k = values.shape[1]
-    sums = values.new_zeros(k, k).index_add_(0, y, values)
+    sums = _world_sum(values.new_zeros(k, k).index_add_(0, y, values), sync)
     return sums / counts.clamp(min=1).unsqueeze(1).to(values.dtype)
 
 
@@ -100,6 +115,7 @@ def auc_loss(
     ova_reduction: Reduction = "sum",
     gamma: float = 1.0,
     ignore_index: int | None = 255,
+    sync: bool = False,
 ) -> Tensor:
     r"""AUC loss of a segmentation batch (see the module docstring for the ovo objective).
 
@@ -118,6 +134,10 @@ def auc_loss(
         ova_reduction: how ``"ova"`` combines the B_c per-class terms: ``"sum"`` (the official
             code's scale, the default) or ``"mean"`` (1/B_c of it). Ignored for ``"ovo"``.
         gamma: margin :math:`\gamma` (1 in all configs).
+        sync: under ``torch.distributed``, pool the pixels of *every* process's batch (the class
+            counts and the per-class sums of the closed form are all-reduced, autograd-aware), so
+            the loss is the one of the global batch. Default ``False``: each process pools only
+            its own batch, as the official mmseg multi-GPU runs do. No effect in one process.
 
     Returns:
         A scalar; exactly 0 (still attached to the graph, zero gradient) when fewer than two
@@ -128,7 +148,10 @@ def auc_loss(
     _check_options(surrogate, transform, scale, ova_reduction, gamma)
     z, y = _flatten(logits, target, ignore_index)
     k = logits.shape[1]
+    sync = _syncing(sync)
     counts = torch.bincount(y, minlength=k)
+    if sync:
+        torch.distributed.all_reduce(counts)  # every process takes the same branches below
     present = counts > 0
     n_present = int(present.sum())
     if n_present < 2:
@@ -150,13 +173,13 @@ def auc_loss(
     # Each surrogate splits into a positive-side mean (pixels m of class i, column i) and
     # negative-side means (pixels n, column i), since pixels m and n enter independently.
     if surrogate == "exp":  # e^{-γ(a-b)} = e^{-γa} e^{γb}
-        pos = _class_means(torch.exp(-gamma * p), y, counts).diagonal()
-        pair = pos * negatives(_class_means(torch.exp(gamma * p), y, counts))
+        pos = _class_means(torch.exp(-gamma * p), y, counts, sync).diagonal()
+        pair = pos * negatives(_class_means(torch.exp(gamma * p), y, counts, sync))
     else:
-        m1 = _class_means(p, y, counts)  # m1[c, i]: mean score of column i over class c
+        m1 = _class_means(p, y, counts, sync)  # m1[c, i]: mean score of column i over class c
         d1 = m1.diagonal()
         if surrogate == "square":  # E(γ - a + b)² = E(γ - a)² + 2(γ - Ea)Eb + Eb²
-            m2 = _class_means(p * p, y, counts)
+            m2 = _class_means(p * p, y, counts, sync)
             pos_sq = gamma**2 - 2 * gamma * d1 + m2.diagonal()
             pair = pos_sq + 2 * (gamma - d1) * negatives(m1) + negatives(m2)
         else:  # hinge with γ ≥ 1 on scores in [0, 1]: γ - a + b ≥ 0, the clamp never binds
@@ -186,9 +209,11 @@ class AUCLoss(nn.Module):
         ova_reduction: Reduction = "sum",
         gamma: float = 1.0,
         ignore_index: int | None = 255,
+        sync: bool = False,
     ):
         super().__init__()
         _check_options(surrogate, transform, scale, ova_reduction, gamma)
+        self.sync = bool(sync)
         self.surrogate, self.transform, self.scale = surrogate, transform, scale
         self.ova_reduction, self.gamma, self.ignore_index = ova_reduction, gamma, ignore_index
 
@@ -202,6 +227,7 @@ class AUCLoss(nn.Module):
             ova_reduction=self.ova_reduction,
             gamma=self.gamma,
             ignore_index=self.ignore_index,
+            sync=self.sync,
         )
 
     def extra_repr(self) -> str:
@@ -216,21 +242,46 @@ class SegmentationLoss(nn.Module):
     mmseg decode head. ``w_auc`` is 4 on ADE20K and 1 on Cityscapes / COCO-Stuff in the official
     configs; ``w_auc = 0`` gives plain cross-entropy.
 
+    ``sync=True`` under ``torch.distributed``: the AUC term pools every process's pixels and
+    the CE is scaled so that DDP's gradient average gives the global-batch mean, i.e. the
+    objective of the global batch (default: each process's own batch, as in mmseg).
+
     ``forward(logits (B, K, h, w), target (B, H, W)) -> dict(loss, ce, auc)``.
     """
 
-    def __init__(self, w_auc: float = 1.0, w_ce: float = 1.0, ignore_index: int = 255, **auc_kw):
+    def __init__(
+        self,
+        w_auc: float = 1.0,
+        w_ce: float = 1.0,
+        ignore_index: int = 255,
+        sync: bool = False,
+        **auc_kw,
+    ):
         super().__init__()
         self.w_auc, self.w_ce, self.ignore_index = w_auc, w_ce, ignore_index
-        self.auc = AUCLoss(ignore_index=ignore_index, **auc_kw)
+        self.sync = bool(sync)
+        self.auc = AUCLoss(ignore_index=ignore_index, sync=sync, **auc_kw)
 
     def forward(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=False)
         target = target.long()
-        if (target != self.ignore_index).any():
+        if _syncing(self.sync):
+            ce = self._global_ce(logits, target)
+        elif (target != self.ignore_index).any():
             ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         else:  # every pixel ignored: CE would be 0/0
             ce = _zero_like_graph(logits)
         auc = self.auc(logits, target) if self.w_auc else logits.new_zeros(())
         return {"loss": self.w_auc * auc + self.w_ce * ce, "ce": ce.detach(), "auc": auc.detach()}
+
+    def _global_ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """This process's share of the global-batch CE mean, times the world size: DDP averages
+        the gradients over processes, which then gives the gradient of the global mean."""
+        dist = torch.distributed
+        total = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+        n = (target != self.ignore_index).sum().to(torch.float64)
+        dist.all_reduce(n)
+        if n == 0:
+            return _zero_like_graph(logits)
+        return total * (dist.get_world_size() / n).to(total.dtype)

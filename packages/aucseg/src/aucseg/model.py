@@ -18,18 +18,23 @@ from labcore.cli import UserError
 __all__ = ["FPNSegmenter", "build_segmenter"]
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
-    )
+def _conv_norm_relu(cin: int, cout: int, k: int, norm: str) -> nn.Sequential:
+    if norm == "bn":
+        layer = nn.BatchNorm2d(cout)
+    elif norm == "gn":  # batch-independent: the same numbers for any split of a batch
+        layer = nn.GroupNorm(8 if cout % 8 == 0 else 1, cout)
+    else:
+        raise UserError(f"norm must be 'bn' or 'gn', got {norm!r}")
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), layer, nn.ReLU(True))
 
 
 class FPNSegmenter(nn.Module):
     r"""Backbone features :math:`C_2..C_5` (strides 4–32) -> FPN top-down path -> per-pixel logits.
 
-    Decoder: lateral 1×1 convs to ``channels``; :math:`P_l = L_l + \mathrm{up}(P_{l+1})`; every
+    Decoder: lateral 1×1 convs to ``channels`` on the backbone levels at strides ≥ 4; :math:`P_l = L_l + \mathrm{up}(P_{l+1})`; every
     :math:`P_l` is upsampled to stride 4 and summed, then a 3×3 conv-BN-ReLU, dropout and a 1×1
-    classifier. ``forward(x (B, 3, H, W)) -> logits (B, K, H/4, W/4)``; the loss upsamples them
+    classifier. ``norm="bn"`` (default) or ``"gn"`` (GroupNorm, for batch-split-invariant runs)
+    in the decoder. ``forward(x (B, 3, H, W)) -> logits (B, K, H/4, W/4)``; the loss upsamples them
     to the label size (as the mmseg decode head does); :meth:`predict` returns (B, K, H, W).
     """
 
@@ -41,26 +46,29 @@ class FPNSegmenter(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str = "",
         dropout: float = 0.1,
-        out_indices: tuple[int, ...] = (1, 2, 3, 4),
+        norm: str = "bn",
     ):
         super().__init__()
         self.backbone = timm.create_model(
             backbone,
             features_only=True,
-            out_indices=out_indices,
             pretrained=pretrained or bool(checkpoint_path),
             pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
         )
-        in_ch = self.backbone.feature_info.channels()
-        self.strides = self.backbone.feature_info.reduction()
+        # the levels at strides >= 4 (resnets also expose a stride-2 stem level; convnexts not)
+        reductions = self.backbone.feature_info.reduction()
+        self._levels = [i for i, r in enumerate(reductions) if r >= 4]
+        in_ch = [self.backbone.feature_info.channels()[i] for i in self._levels]
+        self.strides = [reductions[i] for i in self._levels]
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_ch)
-        self.fuse = _conv_bn_relu(channels, channels, 3)
+        self.fuse = _conv_norm_relu(channels, channels, 3, norm)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone(x)
+        feats = [feats[i] for i in self._levels]
         p = self.lateral[-1](feats[-1])
         outs = [p]
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):

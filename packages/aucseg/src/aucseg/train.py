@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from aucseg.loss import AUCLoss, SegmentationLoss
+from labcore import dist
 from labcore.cli import UserError, progress
 from labcore.metrics import ConfusionMatrix
 
@@ -43,6 +44,8 @@ class TrainConfig:
     w_auc: float = 1.0  # 0: cross-entropy only
     auc: dict = field(default_factory=dict)  # AUCLoss options: surrogate, transform, scale, ...
     num_workers: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only): autocast of the forward
+    sync_auc: bool = False  # under torchrun: the AUC loss over all processes' pixels
 
     def __post_init__(self):
         def check(name: str, ok: bool, want: str) -> None:
@@ -65,6 +68,8 @@ class TrainConfig:
         check("warmup_ratio", is_num(self.warmup_ratio) and 0 < self.warmup_ratio <= 1, "in (0, 1]")
         check("w_auc", is_num(self.w_auc) and self.w_auc >= 0, "a finite number >= 0")
         check("num_workers", is_int(self.num_workers) and self.num_workers >= 0, "≥ 0")
+        check("precision", self.precision in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16")
+        check("sync_auc", isinstance(self.sync_auc, bool), "True or False")
         try:
             AUCLoss(**self.auc)
         except (TypeError, ValueError) as err:
@@ -109,18 +114,32 @@ def batch_coverage(labels: Tensor, classes: Sequence[int]) -> bool:
 
 
 def _batches(dataset: Dataset, cfg: TrainConfig, seed: int):
-    gen = torch.Generator().manual_seed(seed)
+    """Endless per-rank batches of ``global batch / world`` samples.
+
+    A ``DistributedSampler`` is used in every case (``num_replicas=1`` in one process), so the
+    epoch permutation depends only on (seed, epoch): the ranks' batches of one step together
+    hold exactly the samples of the single-process global batch."""
+    world, rank = dist.world_size(), dist.rank()
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     loader = DataLoader(
         dataset,
-        cfg.batch_size,
-        shuffle=True,
+        dist.per_rank_batch(cfg.batch_size),
+        sampler=sampler,
         drop_last=True,
-        generator=gen,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
     )
+    if len(loader) == 0:
+        raise UserError(
+            f"the training set has {len(dataset)} samples, fewer than one batch of {cfg.batch_size}"
+        )
+    epoch = 0
     while True:
+        sampler.set_epoch(epoch)
         yield from worker_errors(loader)
+        epoch += 1
 
 
 def worker_errors(batches: Iterable) -> Iterator:
@@ -149,12 +168,20 @@ def train(
 
     Loss: :class:`aucseg.SegmentationLoss` with ``cfg.w_auc``. Returns a history with the mean
     loss terms of the last 10% of iterations and, if ``coverage_classes`` is given, the fraction
-    of training batches that contained every one of them.
+    of training batches that contained every one of them (both averaged over all processes).
+
+    Under ``torchrun`` (see :mod:`labcore.dist`) the model is wrapped in DDP, every process
+    takes ``cfg.batch_size / world`` samples per step (an error if it does not divide), the
+    AUC loss pools each process's own pixels (``cfg.sync_auc=True``: the global batch's), and a
+    bank inside ``dataset`` is one per process. ``cfg.precision`` runs the forward under
+    ``torch.autocast``; the loss (upsampling, CE, sigmoid, the AUC sums) is computed in fp32.
     """
     device = torch.device(device)
     model.to(device).train()
-    criterion = SegmentationLoss(w_auc=cfg.w_auc, **cfg.auc)
+    net = dist.wrap_model(model)
+    criterion = SegmentationLoss(w_auc=cfg.w_auc, sync=cfg.sync_auc, **cfg.auc)
     opt = build_optimizer(model, cfg)
+    scaler = dist.grad_scaler(cfg.precision, device)
     losses, covered = [], []
     batches = _batches(dataset, cfg, seed)
     for it in progress(range(cfg.iters), desc=desc, leave=False):
@@ -164,20 +191,28 @@ def train(
         lr = poly_lr(it, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        out = criterion(model(img.to(device)), lab.to(device))
+        with dist.autocast(cfg.precision, device):
+            logits = net(img.to(device))
+        out = criterion(logits.float(), lab.to(device))  # the loss head in fp32 (mmseg: force_fp32)
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(out["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            out["loss"].backward()
+            opt.step()
         losses.append([float(out[k].detach()) for k in ("loss", "ce", "auc")])
     tail = np.asarray(losses[-max(1, len(losses) // 10) :])
-    hist = {
-        "final_loss": tail[:, 0].mean(),
-        "final_ce": tail[:, 1].mean(),
-        "final_auc": tail[:, 2].mean(),
+    local = {
+        "final_loss": float(tail[:, 0].mean()),
+        "final_ce": float(tail[:, 1].mean()),
+        "final_auc": float(tail[:, 2].mean()),
     }
     if coverage_classes:
-        hist["tail_coverage"] = float(np.mean(covered))
-    return {k: float(v) for k, v in hist.items()}
+        local["tail_coverage"] = float(np.mean(covered))
+    world = dist.world_size()
+    return {k: v / world for k, v in dist.all_reduce_dict(local).items()}
 
 
 @torch.no_grad()
@@ -190,15 +225,24 @@ def evaluate(
     batch_size: int = 16,
     ignore_index: int = 255,
 ) -> ConfusionMatrix:
-    """Dataset-level confusion matrix (mmseg mIoU): logits upsampled to each label's size."""
+    """Dataset-level confusion matrix (mmseg mIoU): logits upsampled to each label's size.
+
+    Under ``torchrun`` every process evaluates its strided shard of the dataset (no padding, no
+    duplicates) and the confusion matrices are summed over processes, so every process returns
+    the single-process matrix exactly. ``batch_size`` is per process."""
     device = torch.device(device)
+    model = dist.unwrap(model)
     model.to(device).eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
+    if dist.world_size() > 1:
+        dataset = Subset(dataset, list(dist.shard(len(dataset))))
     loader = DataLoader(dataset, batch_size, shuffle=False)
     for img, lab in progress(worker_errors(loader), desc="evaluate", leave=False):
         logits = model(img.to(device))
         logits = F.interpolate(logits, lab.shape[-2:], mode="bilinear", align_corners=False)
         cm.update(logits.argmax(1).cpu(), lab)
+    if dist.world_size() > 1:
+        cm.all_reduce()
     return cm
 
 

@@ -33,7 +33,8 @@ class FPNSegmenter(nn.Module):
 
     Decoder: lateral 1×1 convs to ``channels`` on the backbone levels at strides ≥ 4;
     :math:`P_l = L_l + \mathrm{up}(P_{l+1})`; every :math:`P_l` is upsampled to stride 4 and
-    summed, then a 3×3 conv-norm-ReLU, dropout and a 1×1 classifier. ``norm="bn"`` (default) or ``"gn"`` (GroupNorm, for batch-split-invariant runs)
+    summed, then a 3×3 conv-norm-ReLU, dropout and a 1×1 classifier. ``norm="bn"`` (default)
+    or ``"gn"`` (GroupNorm, for batch-split-invariant runs)
     in the decoder. ``forward(x (B, 3, H, W)) -> logits (B, K, H/4, W/4)``; the loss upsamples them
     to the label size (as the mmseg decode head does); :meth:`predict` returns (B, K, H, W).
     """

@@ -27,7 +27,7 @@ from aucseg.model import FPNSegmenter, build_segmenter
 from aucseg.synthetic import make_scenes, make_synthetic
 from aucseg.train import TrainConfig, evaluate, group_scores, train
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "LAYOUTS",

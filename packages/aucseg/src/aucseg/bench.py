@@ -19,7 +19,14 @@ from aucseg.synthetic import CLASS_NAMES, TAIL_PRESENCE
 from labcore.memory import peak_memory, saved_activation_bytes
 from labcore.runs import Claim
 
-__all__ = ["bench_bank", "bench_loss_scaling", "bench_memory", "pairwise_auc_loss", "run_bench"]
+__all__ = [
+    "bench_bank",
+    "bench_loss_scaling",
+    "bench_memory",
+    "pairwise_auc_loss",
+    "run_bench",
+    "write_plots",
+]
 
 
 def pairwise_auc_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -232,3 +239,35 @@ def run_bench(quick: bool = False, log=print) -> tuple[dict, list[Claim]]:
         ),
     ]
     return {"loss_scaling": loss, "bank": banks, "memory": mem}, claims
+
+
+def write_plots(result: dict, out_dir) -> list:
+    """Log-log PNGs of the loss scaling: forward+backward time and saved-for-backward bytes
+    against N, closed form vs all pairs. Returns the paths written."""
+    from pathlib import Path
+
+    from labcore.plot import line_plot
+
+    rows = result["loss_scaling"]["rows"]
+    k = result["loss_scaling"]["num_classes"]
+    out = Path(out_dir)
+    paths = []
+    for key, ylabel, name in (
+        ("ms", "forward + backward time (ms)", "aucseg_bench_loss_time.png"),
+        ("saved_bytes", "bytes saved for backward", "aucseg_bench_loss_bytes.png"),
+    ):
+        series = {}
+        for impl, label in (("closed_form", "closed form O(NK)"), ("pairwise", "all pairs O(N²)")):
+            pts = [(r["N"], r[f"{impl}_{key}"]) for r in rows if f"{impl}_{key}" in r]
+            series[label] = ([p[0] for p in pts], [p[1] for p in pts])
+        path = out / name
+        line_plot(
+            path,
+            series=series,
+            xlabel="pixels in the batch N",
+            ylabel=ylabel,
+            title=f"AUC loss (square, ovo, K = {k}): {ylabel.split(' (')[0]} vs N",
+            loglog=True,
+        )
+        paths.append(path)
+    return paths

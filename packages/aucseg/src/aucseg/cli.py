@@ -217,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args, device) -> int:
-    from aucseg.demo import format_table, run_demo
+    from aucseg.demo import format_table, run_demo, write_demo_plot
 
     res = run_demo(
         iters=args.iters,
@@ -234,6 +234,7 @@ def _demo(args, device) -> int:
         arms=args.arms,
     )
     print(format_table(res))
+    png = write_demo_plot(res, args.out)
     path = write_result(
         args.out,
         package=PROG,
@@ -252,7 +253,7 @@ def _demo(args, device) -> int:
         device=device,
         seed=args.seed,
     )
-    print(f"wrote {path}")
+    print(f"wrote {path}, {png.name}")
     return 0
 
 
@@ -466,10 +467,19 @@ def _bench(args, device) -> int:
         seed=args.seed,
         claims=claims,
     )
+    from aucseg.bench import write_plots
+
+    pngs = write_plots(res, args.out)
     for c in claims:
         ratio = f" (ratio {c.ratio:.3g})" if c.ratio is not None else ""
-        print(f"{c.claim}: {c.value:.4g} {c.unit} vs {c.baseline}{ratio}")
-    print(f"wrote {path}")
+        base = f" vs {c.baseline:.4g}" if c.baseline is not None else ""
+        verdict = ""
+        if c.threshold is not None:
+            met = c.value <= c.threshold if not c.higher_is_better else c.value >= c.threshold
+            sign = ">=" if c.higher_is_better else "<="
+            verdict = f" [{'met' if met else 'MISSED'}: {sign} {c.threshold:g}]"
+        print(f"{c.claim}: {c.value:.4g} {c.unit}{base}{ratio}{verdict}")
+    print(f"wrote {path}, " + ", ".join(p.name for p in pngs))
     return 0
 
 

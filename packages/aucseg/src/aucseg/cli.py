@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default="resnet18", help="any timm model with features_only")
     t.add_argument("--channels", type=positive_int, default=64, help="width of the FPN decoder")
     t.add_argument(
+        "--dropout", type=unit_interval, default=0.1, help="decoder dropout before the classifier"
+    )
+    t.add_argument(
         "--norm",
         choices=["bn", "gn"],
         default="bn",
@@ -332,6 +335,7 @@ def _train(args, device) -> int:
         checkpoint_path=args.pretrained,
         channels=args.channels,
         norm=args.norm,
+        dropout=args.dropout,
     )
     with Timer() as t:
         hist = train(model, ds, cfg, device=device, seed=args.seed, coverage_classes=tail)
@@ -363,6 +367,7 @@ def _train(args, device) -> int:
         "backbone": args.backbone,
         "channels": args.channels,
         "norm": args.norm,
+        "dropout": args.dropout,
         "world_size": dist.world_size(),
         "per_rank_batch": args.batch_size // dist.world_size(),
     }

@@ -212,17 +212,19 @@ def pixel_counts(
 
 
 class _ItemRNG:
-    """Augmentation randomness keyed by (seed, item index, visit number of that item), not by a
-    stream shared across items: an item is augmented the same way whichever process, worker or
-    batch it lands in, so a run split over ranks sees the same samples as one process."""
+    """Augmentation randomness keyed by (seed, item index, epoch), not by a stream shared across
+    items: an item is augmented the same way whichever process, worker or batch loads it, so a
+    run split over ranks sees the samples of one process. The training loop calls
+    :meth:`set_epoch` (as it does on its ``DistributedSampler``) to draw new augmentations."""
 
     seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def _rng_for(self, i: int) -> np.random.Generator:
-        visits = self.__dict__.setdefault("_visits", {})
-        n = visits.get(i, 0)
-        visits[i] = n + 1
-        return np.random.default_rng([self.seed % 2**63, int(i), n])
+        return np.random.default_rng([self.seed % 2**63, int(i), int(self.epoch)])
 
 
 def normalize(image: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:

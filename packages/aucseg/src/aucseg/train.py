@@ -123,13 +123,16 @@ def _batches(dataset: Dataset, cfg: TrainConfig, seed: int):
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
+    # a dataset with set_epoch (augmentations keyed by epoch and item) gets fresh workers each
+    # epoch, so the workers' copies see the new epoch
+    keyed = hasattr(dataset, "set_epoch")
     loader = DataLoader(
         dataset,
         dist.per_rank_batch(cfg.batch_size),
         sampler=sampler,
         drop_last=True,
         num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
+        persistent_workers=cfg.num_workers > 0 and not keyed,
     )
     if len(loader) == 0:
         raise UserError(
@@ -138,6 +141,8 @@ def _batches(dataset: Dataset, cfg: TrainConfig, seed: int):
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
+        if keyed:
+            dataset.set_epoch(epoch)
         yield from worker_errors(loader)
         epoch += 1
 

@@ -95,9 +95,11 @@ def jsons(folder):
 
 @pytest.mark.dist
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    """Same global batch (4 = 2 x 2) and seed: the DDP run's parameters equal the single-process
-    run's within atol 1e-5 (float summation order differs; 3 AdamW steps at lr 1e-4), and the
-    distributed evaluation gives the single-process confusion matrix exactly."""
+    """Same global batch (4 = 2 x 2) and seed, ``--sync-auc``: the DDP run's losses equal the
+    single-process run's within rel 1e-5 and its parameters within atol 5e-5 (only the float
+    summation order differs; AdamW divides each gradient element by its own magnitude, which
+    lifts roundoff in near-zero gradients towards the step size; seen here: 4e-6 after 3 steps at
+    lr 1e-4, decoder 1e-3). The distributed evaluation gives the single-process metrics exactly."""
     data = tmp_path / "data"
     write_cityscapes(data)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -117,7 +119,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     start = build_segmenter(19, "convnext_atto", channels=16, norm="gn").state_dict()
     moved = 0.0
     for name, p1 in s1.items():
-        torch.testing.assert_close(s2[name], p1, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(s2[name], p1, atol=5e-5, rtol=0, msg=name)
         if p1.is_floating_point():
             moved = max(moved, float((p1 - start[name]).abs().max()))
     assert moved > 1e-4  # the runs trained: the agreement is not that of untouched weights

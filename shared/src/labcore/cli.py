@@ -94,8 +94,9 @@ def common_parser(
     """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute (auto: cuda when available)")  # fmt: skip
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed")
     g.add_argument("--out", type=Path, default=Path("runs") / (package or "results"),
                    help="directory for result JSON and artefacts")  # fmt: skip
     g.add_argument("--config", type=Path, default=None,

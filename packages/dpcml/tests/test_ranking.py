@@ -154,7 +154,7 @@ def test_overlapping_splits_are_rejected():
     u = 5
     test[u, sp_.train[u].indices[0]] = 1.0  # one training item also in the test split
     for evaluate in (evaluate_ranking, naive_evaluate):
-        with pytest.raises(ValueError, match="1 .user, item. pairs are in both"):
+        with pytest.raises(ValueError, match=r"1 \(user, item\) pairs are in both"):
             evaluate(scores, sp_.train, test.tocsr())
     explicit_zero = sp_.test.copy()
     explicit_zero.data[:] = 0.0  # stored zeros are not positives: no overlap, no test users

@@ -11,11 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpcml.config import DPCMLConfig
+from dpcml.config import RANGES, DPCMLConfig
 from dpcml.data import FORMATS, load_interactions, split_per_user
 from dpcml.model import DPCML, adaptive_vector_counts
 from dpcml.ranking import CONVENTIONS, evaluate_ranking
-from labcore.cli import UserError, common_parser, error_boundary, parse_args, progress
+from labcore.cli import (
+    UserError,
+    common_parser,
+    error_boundary,
+    nonnegative_int,
+    parse_args,
+    positive_float,
+    positive_int,
+    progress,
+)
 from labcore.runs import Claim, Timer, resolve_device, seed_everything, write_result
 
 PACKAGE = "dpcml"
@@ -23,52 +32,105 @@ PACKAGE = "dpcml"
 TARGET_SAMPLER_PER_S, TARGET_TRAIN_PER_S, TARGET_EVAL_S = 2e6, 1e5, 5.0
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _checked(range_name: str):
+    """The argparse type for a config range: labcore's where it has one, else the config's test."""
+    shared = {"positive_int": positive_int, "positive_float": positive_float}
+    if range_name in shared:
+        return shared[range_name]
+    test, says = RANGES[range_name]
+
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {says}, got {value}")
+        return value
+
+    parse.__name__ = range_name
+    return parse
+
+
 def _add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", type=Path, required=required, help="the ratings / users.dat file")
-    g.add_argument("--format", choices=FORMATS, required=required)
-    g.add_argument("--threshold", type=float, default=4.0, help="rating >= threshold is positive")
-    g.add_argument("--min-positives", type=int, default=5)
+    saved = "" if required else " (default: the one the checkpoint was trained on)"
+    g.add_argument("--data", type=Path, required=required,
+                   help="the ratings / users.dat file itself" + saved)  # fmt: skip
+    g.add_argument("--format", choices=FORMATS, required=required,
+                   help="ml100k: u.data; ml1m / ml10m: ratings.dat; ml20m: ratings.csv; "
+                        "steam: Steam-200k CSV; users_dat: 'n i1 ... in' lines")  # fmt: skip
+    g.add_argument("--threshold", type=_finite_float, default=4.0,
+                   help="rating >= threshold is positive")  # fmt: skip
+    g.add_argument("--min-positives", type=positive_int, default=5,
+                   help="drop users with fewer positives (official: 5)")  # fmt: skip
     g.add_argument("--id-mode", choices=["raw", "remap"], default="raw",
-                   help="raw: official, #items = max id + 1")  # fmt: skip
-    g.add_argument("--split-seed", type=int, default=1234, help="official: 1234")
-    g.add_argument("--split-rng", choices=["official", "numpy"], default="official")
+                   help="raw: official, #items = max id + 1; remap: number seen items")  # fmt: skip
+    g.add_argument("--split-seed", type=nonnegative_int, default=1234,
+                   help="seed of the per-user 3:1:1 split (official: 1234)")  # fmt: skip
+    g.add_argument("--split-rng", choices=["official", "numpy"], default="official",
+                   help="official: replay np.random.seed + one shuffle per user; numpy: "
+                        "vectorised keys")  # fmt: skip
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (defaults: official run.sh, DPCML2 on Steam)")
     for f in fields(DPCMLConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
         if f.type in ("bool", bool):
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=meta["help"])  # fmt: skip
+        elif meta["choices"] is not None:
+            g.add_argument(flag, choices=meta["choices"], default=f.default, help=meta["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            g.add_argument(flag, type=kind, default=f.default)
+            g.add_argument(flag, type=_checked(meta["range"]), default=f.default,
+                           help=meta["help"])  # fmt: skip
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[3, 5],
+                   help="cut-offs k of P@k, R@k, NDCG@k")  # fmt: skip
+    p.add_argument("--convention", choices=CONVENTIONS, default="official",
+                   help="official: the statusrank/DPCML skip rules; standard: every user with "
+                        "a test item")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
+    from dpcml.demo import ARMS
+
     # one thread by default: the embedding kernels are tiny and oversubscribed cores slow them
     common = common_parser(PACKAGE, threads=1)
     parser = argparse.ArgumentParser(prog=PACKAGE, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[common],
                           help="CML vs DPCML on the synthetic multi-interest set")  # fmt: skip
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--seeds", type=int, default=3, help="seeds seed, seed+1, ...")
-    demo.add_argument("--arms", nargs="+", default=None, help="subset of arms (default all)")
+    demo.add_argument("--epochs", type=positive_int, default=None,
+                      help="epochs per run (default: the demo protocol's)")  # fmt: skip
+    demo.add_argument("--seeds", type=positive_int, default=3,
+                      help="number of seeds: seed, seed+1, ...")  # fmt: skip
+    demo.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, metavar="ARM",
+                      help=f"subset of arms (default all: {', '.join(ARMS)})")  # fmt: skip
     train = sub.add_parser("train", parents=[common], help="train on a real data set")
     _add_data(train)
     _add_model(train)
-    train.add_argument("--ks", type=int, nargs="+", default=[3, 5])
-    train.add_argument("--convention", choices=CONVENTIONS, default="official")
+    _add_eval(train)
     ev = sub.add_parser("evaluate", parents=[common], help="evaluate a saved model")
-    ev.add_argument("--checkpoint", type=Path, required=True)
+    ev.add_argument("--checkpoint", type=Path, required=True,
+                    help="dpcml_model.pt written by train")  # fmt: skip
     _add_data(ev, required=False)
-    ev.add_argument("--split", choices=["val", "test"], default="test")
-    ev.add_argument("--ks", type=int, nargs="+", default=[3, 5])
-    ev.add_argument("--convention", choices=CONVENTIONS, default="official")
+    ev.add_argument("--split", choices=["val", "test"], default="test",
+                    help="which part of the per-user split to rank")  # fmt: skip
+    _add_eval(ev)
     bench = sub.add_parser("bench", parents=[common], help="speed at ML-1M scale vs naive loops")
-    bench.add_argument("--quick", action="store_true", help="smaller naive subsets (for CI)")
+    bench.add_argument("--quick", action="store_true",
+                       help="CI scale: fewer sizes, smaller naive subsets (<= 90 s)")  # fmt: skip
     return parser
 
 
@@ -93,9 +155,10 @@ def _fmt(x: float) -> str:
 
 
 def _demo(args, device) -> int:
-    from dpcml.demo import ARMS, acceptance, make_demo_data, run_arm, summarise
+    from dpcml.demo import ARMS, PROTOCOL, acceptance, make_demo_data, run_arm, summarise
 
     arms = args.arms or list(ARMS)
+    epochs = args.epochs or PROTOCOL["epochs"]
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise UserError(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
@@ -105,7 +168,7 @@ def _demo(args, device) -> int:
     with Timer() as timer:
         for arm in progress(arms, desc="arms"):
             for seed in seeds:
-                r = run_arm(arm, seed, data, split, epochs=args.epochs, device=device)
+                r = run_arm(arm, seed, data, split, epochs=epochs, device=device)
                 per_seed[arm].append(r)
                 print(f"  {arm} seed {seed}: minority R@20 {r['minority_R@20']:.3f}, "
                       f"R@10 {r['R@10_standard']:.3f} ({r['train_seconds']:.0f} s training)",
@@ -116,7 +179,7 @@ def _demo(args, device) -> int:
             "separation", "median_diversity"]  # fmt: skip
     n_users, n_items = data.matrix.shape
     print(f"synthetic multi-interest set: {n_users} users x {n_items} items, "
-          f"{data.matrix.nnz} positives; mean of seeds {seeds}, {args.epochs} epochs")  # fmt: skip
+          f"{data.matrix.nnz} positives; mean of seeds {seeds}, {epochs} epochs")  # fmt: skip
     print(f"{'arm':17s} " + " ".join(f"{c[:14]:>14s}" for c in cols))
     for arm in arms:
         print(f"{arm:17s} " + " ".join(f"{_fmt(mean[arm][c]):>14s}" for c in cols))
@@ -127,7 +190,7 @@ def _demo(args, device) -> int:
                         dataset="synthetic-multi-interest (spec C2)",
                         metrics={"mean": mean, "per_seed": per_seed, "acceptance": checks},
                         timings={"total_seconds": timer.elapsed},
-                        config={"arms": arms, "epochs": args.epochs, "seeds": seeds,
+                        config={"arms": arms, "epochs": epochs, "seeds": seeds,
                                 "threads": args.threads},
                         device=device, seed=args.seed)  # fmt: skip
     print(f"wrote {path}")
@@ -270,6 +333,10 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
+    ks = getattr(args, "ks", None)  # a --config list skips argparse's per-item type
+    if ks is not None and not (isinstance(ks, list) and ks and
+                               all(isinstance(k, int) and k >= 1 for k in ks)):  # fmt: skip
+        raise UserError(f"ks must be integers >= 1, got {ks!r}")
     commands = {"demo": _demo, "train": _train, "evaluate": _evaluate, "bench": _bench}
     return commands[args.command](args, device)
 

@@ -218,8 +218,9 @@ def read_steam(path, *, min_positives: int = 5, **_) -> Interactions:
     played = np.zeros(key.max() + 1, bool)
     played[key[(behavior == "play") & (value > 0)]] = True
     positive = (behavior == "purchase") & played[key]
-    return _named(path, lambda: from_pairs(users[positive], games[positive], None, threshold=None,
-                                           min_positives=min_positives, id_mode="remap"))  # fmt: skip
+    users, games = users[positive], games[positive]
+    kw = {"threshold": None, "min_positives": min_positives, "id_mode": "remap"}
+    return _named(path, lambda: from_pairs(users, games, None, **kw))
 
 
 def read_users_dat(path, *, min_positives: int = 5, **_) -> Interactions:

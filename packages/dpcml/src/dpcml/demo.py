@@ -24,9 +24,9 @@ from dpcml.train import fit
 
 _OFFICIAL_KEYS = ("P@3", "R@3", "NDCG@3", "P@5", "MAP", "MRR", "AUC")
 
-__all__ = ["ARMS", "acceptance", "interest_separation", "run_arm", "summarise"]
+__all__ = ["ARMS", "PROTOCOL", "acceptance", "interest_separation", "run_arm", "summarise"]
 
-_COMMON = {"dim": 32, "margin": 1.0, "lr": 1e-3, "batch_size": 1024, "epochs": 30,
+PROTOCOL = {"dim": 32, "margin": 1.0, "lr": 1e-3, "batch_size": 1024, "epochs": 30,
            "num_negatives": 10, "delta1": 0.05, "delta2": 0.25}  # fmt: skip
 ARMS: dict[str, dict] = {
     "CML-uniform": {"n_vectors": 1, "dcrs_weight": 0.0, "sampling": "uniform"},
@@ -70,7 +70,7 @@ def run_arm(
     progress: Callable | None = None,
 ) -> dict[str, float]:
     """Train one arm with one seed; test metrics (official convention unless noted)."""
-    cfg = DPCMLConfig(**{**_COMMON, **ARMS[name]})
+    cfg = DPCMLConfig(**{**PROTOCOL, **ARMS[name]})
     torch.manual_seed(seed)
     model = DPCML(*data.matrix.shape, cfg)
     result = fit(model, split.train, split.val, epochs=epochs, seed=seed, device=device,
@@ -128,7 +128,7 @@ def acceptance(mean: dict[str, dict[str, float]]) -> dict[str, dict]:
         checks["mechanism"] = {"rule": "g2 and g1 closest vectors differ for >= 60% of users",
                                "value": sep, "met": bool(sep >= 0.6)}  # fmt: skip
         div = mean["DPCML-hard"]["median_diversity"]
-        lo, hi = _COMMON["delta1"], _COMMON["delta2"] + 0.05
+        lo, hi = PROTOCOL["delta1"], PROTOCOL["delta2"] + 0.05
         check = {"rule": f"median diversity with eta=10 in [{lo}, {hi}]; larger with eta=0",
                  "eta10": div, "met": bool(lo <= div <= hi)}  # fmt: skip
         if "DPCML-hard-eta0" in mean:

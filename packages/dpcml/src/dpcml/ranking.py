@@ -72,11 +72,11 @@ def _dense_rows(m: sp.csr_matrix, users: np.ndarray, device) -> torch.Tensor:
 
 def _check(train, test, ks, convention):
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        raise UserError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if train.shape != test.shape:
-        raise ValueError(f"train {train.shape} and test {test.shape} shapes differ")
+        raise UserError(f"train {train.shape} and test {test.shape} shapes differ")
     if any(int(k) != k or k < 1 for k in ks):
-        raise ValueError(f"every k must be an integer >= 1, got {list(ks)}")
+        raise UserError(f"every k must be an integer >= 1, got {list(ks)}")
     train, test = sp.csr_matrix(train, copy=True), sp.csr_matrix(test, copy=True)
     train.eliminate_zeros()
     test.eliminate_zeros()

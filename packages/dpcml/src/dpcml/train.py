@@ -13,6 +13,7 @@ import torch
 from dpcml.model import DPCML
 from dpcml.ranking import evaluate_ranking
 from dpcml.sampler import TripletSampler
+from labcore.cli import UserError
 
 __all__ = ["FitResult", "fit"]
 
@@ -47,6 +48,8 @@ def fit(
     """
     cfg = model.config
     epochs = cfg.epochs if epochs is None else epochs
+    if not isinstance(epochs, int) or epochs < 1:
+        raise UserError(f"epochs must be an integer >= 1, got {epochs!r}")
     model.to(device)
     sampler = TripletSampler(train, cfg.num_negatives, cfg.sampling, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)

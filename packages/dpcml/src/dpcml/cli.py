@@ -277,15 +277,11 @@ def _evaluate(args, device) -> int:
 
 
 def _bench(args, device) -> int:
-    from dpcml.bench import run_bench
+    from dpcml.bench import plot_evaluation_scaling, run_bench
 
-    r = run_bench(quick=args.quick, seed=args.seed)
+    with Timer() as timer:
+        r = run_bench(quick=args.quick, seed=args.seed)
     smp, trn, ev = r["sampler"], r["training"], r["evaluation"]
-    targets = {
-        "sampler >= 2M negatives/s": smp["vectorised_per_s"] >= TARGET_SAMPLER_PER_S,
-        "training >= 100k triplets/s": trn["vectorised_triplets_per_s"] >= TARGET_TRAIN_PER_S,
-        "ML-1M evaluation < 5 s": ev["vectorised_seconds"] < TARGET_EVAL_S,
-    }
     print(f"ML-1M-like data: {r['data']}; torch threads {torch.get_num_threads()}")
     print(
         f"sampler    {smp['vectorised_per_s']:12,.0f} negatives/s   official loop "
@@ -300,28 +296,37 @@ def _bench(args, device) -> int:
         f"evaluation {ev['vectorised_seconds']:12.2f} s             per-user loop "
         f"{ev['naive_seconds_extrapolated']:10.1f} s   x{ev['speedup']:.0f}"
     )
-    for name, met in targets.items():
-        print(f"[{'met' if met else 'MISSED'}] {name}")
+    # thresholds fixed before any run: spec C2's speed targets, and "not slower than the
+    # official way" (1x) for the speed-up claims the spec gives no number for
     claims = [
-        Claim("vectorised uniform sampler vs the official per-triplet loop (ML-1M scale)",
-              "negatives_per_s", smp["vectorised_per_s"], smp["naive_per_s"], "1/s"),
-        Claim("DPCML1 training step, vectorised feeding vs the official DataLoader feeding",
-              "triplets_per_s", trn["vectorised_triplets_per_s"],
-              trn["official_loader_triplets_per_s"], "1/s"),
-        Claim("full-ranking evaluation at ML-1M scale vs the per-user loop (time ratio)",
-              "eval_seconds", ev["vectorised_seconds"], ev["naive_seconds_extrapolated"], "s"),
-        Claim("ML-1M-scale full-ranking evaluation under 5 s (ratio < 1 = met)",
-              "eval_seconds", ev["vectorised_seconds"], TARGET_EVAL_S, "s"),
+        Claim("vectorised uniform sampler at ML-1M scale (baseline: the official per-triplet "
+              "loop)", "negatives_per_s", smp["vectorised_per_s"], smp["naive_per_s"], "1/s",
+              threshold=TARGET_SAMPLER_PER_S, higher_is_better=True),
+        Claim("DPCML1 training step with vectorised feeding (baseline: the official DataLoader "
+              "feeding)", "triplets_per_s", trn["vectorised_triplets_per_s"],
+              trn["official_loader_triplets_per_s"], "1/s", threshold=TARGET_TRAIN_PER_S,
+              higher_is_better=True),
+        Claim("full-ranking evaluation of all ML-1M users (baseline: the per-user loop, "
+              "extrapolated)", "eval_seconds", ev["vectorised_seconds"],
+              ev["naive_seconds_extrapolated"], "s", threshold=TARGET_EVAL_S,
+              higher_is_better=False),
+        Claim("full-ranking evaluation speed-up over the per-user loop (ML-1M scale)",
+              "eval_speedup", ev["speedup"], None, "x", threshold=1.0, higher_is_better=True),
     ]  # fmt: skip
+    for c in claims:
+        print(f"[{'met' if c.met else 'MISSED'}] {c.claim}: {c.value:,.4g} {c.unit} "
+              f"({'>=' if c.higher_is_better else '<='} {c.threshold:,.4g})")  # fmt: skip
+    png = plot_evaluation_scaling(Path(args.out) / "dpcml_bench_eval_scaling.png", ev)
     path = write_result(args.out, package=PACKAGE, command="bench",
                         dataset="random ML-1M-shaped interactions (6040 x 3953)",
-                        metrics={**r, "targets_met": targets},
+                        metrics={**r, "targets_met": {c.metric: c.met for c in claims}},
                         memory={"dpcml1_training_state": trn["state_bytes"]},
                         timings={"eval_seconds": ev["vectorised_seconds"],
-                                 "sampler_epoch_seconds": smp["epoch_seconds"]},
+                                 "sampler_epoch_seconds": smp["epoch_seconds"],
+                                 "total_seconds": timer.elapsed},
                         config={"quick": args.quick, "threads": torch.get_num_threads()},
                         device=device, seed=args.seed, claims=claims)  # fmt: skip
-    print(f"wrote {path}")
+    print(f"wrote {path} and {png} ({timer.elapsed:.0f} s)")
     return 0
 
 

@@ -15,6 +15,7 @@ from dpcml.config import RANGES, DPCMLConfig
 from dpcml.data import FORMATS, load_interactions, split_per_user
 from dpcml.model import DPCML, adaptive_vector_counts
 from dpcml.ranking import CONVENTIONS, evaluate_ranking
+from labcore import dist
 from labcore.cli import (
     UserError,
     common_parser,
@@ -204,6 +205,12 @@ def _config_from_args(args) -> DPCMLConfig:
         raise UserError(str(e)) from None
 
 
+def _say(*parts, **kw) -> None:
+    """print on rank 0 only (under torchrun the other ranks stay quiet)."""
+    if dist.is_main():
+        print(*parts, **kw)
+
+
 def _train(args, device) -> int:
     from dpcml.train import fit
 
@@ -215,28 +222,34 @@ def _train(args, device) -> int:
         counts = adaptive_vector_counts(np.diff(split.train.indptr), cfg.n_vectors)
     seed_everything(args.seed)
     model = DPCML(data.num_users, data.num_items, cfg, vector_counts=counts)
-    print(f"{data.num_users} users, {data.num_items} items, {data.nnz} positives; "
-          f"train/val/test {split.train.nnz}/{split.val.nnz}/{split.test.nnz}")  # fmt: skip
-    result = fit(model, split.train, split.val, seed=args.seed, device=device, progress=progress)
+    world = dist.world_size()
+    _say(f"{data.num_users} users, {data.num_items} items, {data.nnz} positives; "
+         f"train/val/test {split.train.nnz}/{split.val.nnz}/{split.test.nnz}; "
+         f"{world} process(es), batch {cfg.batch_size} = {world} x "
+         f"{dist.per_rank_batch(cfg.batch_size)}")  # fmt: skip
+    result = fit(model, split.train, split.val, seed=args.seed, device=device, progress=progress,
+                 precision=args.precision)  # fmt: skip
+    test = evaluate_ranking(model, split.train, split.test, ks=args.ks, convention=args.convention,
+                            device=device)  # fmt: skip
     model.cpu()
-    test = evaluate_ranking(model, split.train, split.test, ks=args.ks, convention=args.convention)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "dpcml_model.pt"
-    torch.save({"state_dict": model.state_dict(), "config": cfg.as_dict(), "data": opts,
-                "shape": [data.num_users, data.num_items]}, ckpt)  # fmt: skip
-    print(
-        f"best epoch {result.best_epoch} (val P@3 {result.best_val:.4f}); test ({args.convention}):"
-    )
-    print("  " + "  ".join(f"{k}={v:.4f}" for k, v in test.items() if not k.startswith("n_")))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "config": cfg.as_dict(), "data": opts,
+                    "shape": [data.num_users, data.num_items]}, ckpt)  # fmt: skip
+    _say(f"best epoch {result.best_epoch} (val P@3 {result.best_val:.4f}); test "
+         f"({args.convention}):")  # fmt: skip
+    _say("  " + "  ".join(f"{k}={v:.4f}" for k, v in test.items() if not k.startswith("n_")))
     path = write_result(out, package=PACKAGE, command="train", dataset=f"{args.format}:{args.data}",
                         metrics={"test": test, "best_epoch": result.best_epoch,
                                  "best_val_P@3": result.best_val, "convention": args.convention,
                                  "history": result.history},
                         timings={"train_seconds": result.train_seconds},
-                        config={**cfg.as_dict(), **opts, "checkpoint": str(ckpt)},
+                        config={**cfg.as_dict(), **opts, "checkpoint": str(ckpt),
+                                "precision": args.precision, "world_size": world},
                         device=device, seed=args.seed)  # fmt: skip
-    print(f"wrote {path} and {ckpt}")
+    _say(f"wrote {path} and {ckpt}")
     return 0
 
 
@@ -261,18 +274,19 @@ def _evaluate(args, device) -> int:
     model = DPCML(data.num_users, data.num_items, cfg, vector_counts=counts)
     model.load_state_dict(ckpt["state_dict"])
     target = split.test if args.split == "test" else split.val
-    with Timer() as timer:
+    with Timer() as timer, dist.autocast(args.precision, device):  # scores stay fp32
         metrics = evaluate_ranking(model.to(device), split.train, target, ks=args.ks,
                                    convention=args.convention, device=device)  # fmt: skip
     shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("n_"))
-    print(f"{args.split} ({args.convention}): {shown}")
+    _say(f"{args.split} ({args.convention}, {dist.world_size()} process(es)): {shown}")
     path = write_result(args.out, package=PACKAGE, command="evaluate",
                         dataset=f"{opts['format']}:{opts['data']}",
                         metrics={**metrics, "split": args.split, "convention": args.convention},
                         timings={"evaluate_seconds": timer.elapsed},
-                        config={**cfg.as_dict(), **opts},
+                        config={**cfg.as_dict(), **opts, "precision": args.precision,
+                                "world_size": dist.world_size()},
                         device=device, seed=args.seed)  # fmt: skip
-    print(f"wrote {path}")
+    _say(f"wrote {path}")
     return 0
 
 
@@ -334,16 +348,22 @@ def _bench(args, device) -> int:
 def main(argv=None) -> int:
     """Entry point of the ``dpcml`` console script."""
     args = parse_args(_parser(), argv)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     ks = getattr(args, "ks", None)  # a --config list skips argparse's per-item type
     if ks is not None and not (isinstance(ks, list) and ks and
                                all(isinstance(k, int) and k >= 1 for k in ks)):  # fmt: skip
         raise UserError(f"ks must be integers >= 1, got {ks!r}")
-    commands = {"demo": _demo, "train": _train, "evaluate": _evaluate, "bench": _bench}
-    return commands[args.command](args, device)
+    if args.command in ("train", "evaluate"):  # these run under torchrun (labcore.dist)
+        device = resolve_device(args.device)
+        dist.check_precision(args.precision, device)
+        if args.command == "train":
+            DPCMLConfig(**{f.name: getattr(args, f.name) for f in fields(DPCMLConfig)})
+        state = dist.init(args.device)
+        try:
+            return {"train": _train, "evaluate": _evaluate}[args.command](args, state.device)
+        finally:
+            dist.shutdown()
+    device = resolve_device(args.device)
+    return {"demo": _demo, "bench": _bench}[args.command](args, device)
 
 
 if __name__ == "__main__":

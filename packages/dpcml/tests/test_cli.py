@@ -48,13 +48,15 @@ def test_train_then_evaluate(ratings_dat, tmp_path, capsys):
 
 
 def test_demo_smoke(tmp_path, capsys):
-    code = main(["demo", "--arms", "CML-hard", "DPCML-hard", "--epochs", "1", "--seeds", "1",
+    code = main(["demo", "--arms", "CML-hard", "DPCML-hard", "--steps", "1", "--seeds", "1",
                  "--out", str(tmp_path)])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     assert "minority_hard" in text and ("met" in text or "MISSED" in text)
     record = json.loads((tmp_path / "dpcml_demo.json").read_text())
     assert set(record["metrics"]["mean"]) == {"CML-hard", "DPCML-hard"}
+    assert record["metrics"]["per_seed"]["CML-hard"][0]["epochs"] == 1
+    assert (tmp_path / "dpcml_demo_minority_recall.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, ratings_dat, capsys, argv
         (["train", "--dcrs-weight", "-1"], "argument --dcrs-weight: must be a finite number >= 0"),
         (["train", "--min-positives", "0"], "argument --min-positives: must be >= 1"),
         (["demo", "--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
-        (["demo", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+        (["demo", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
         (["demo", "--arms", "nope"], "argument --arms: invalid choice: 'nope'"),
         (["evaluate", "--checkpoint", "x.pt", "--ks", "0"], "argument --ks: must be >= 1"),
         (["train", "--config", "{epochs0}"], "argument --epochs: must be >= 1, got 0"),

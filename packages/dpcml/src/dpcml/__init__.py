@@ -21,7 +21,7 @@ from dpcml.sampler import TripletSampler, sample_negatives
 from dpcml.synthetic import MultiInterestData, interest_recall, make_multi_interest
 from dpcml.train import FitResult, fit
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "DPCML",

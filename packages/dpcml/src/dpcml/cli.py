@@ -112,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[common],
                           help="CML vs DPCML on the synthetic multi-interest set")  # fmt: skip
-    demo.add_argument("--epochs", type=positive_int, default=None,
-                      help="epochs per run (default: the demo protocol's)")  # fmt: skip
+    demo.add_argument("--steps", type=positive_int, default=None,
+                      help="optimiser steps per arm and seed, rounded to whole epochs "
+                           "(default: the demo protocol's)")  # fmt: skip
     demo.add_argument("--seeds", type=positive_int, default=3,
                       help="number of seeds: seed, seed+1, ...")  # fmt: skip
     demo.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, metavar="ARM",
@@ -156,10 +157,10 @@ def _fmt(x: float) -> str:
 
 
 def _demo(args, device) -> int:
-    from dpcml.demo import ARMS, PROTOCOL, acceptance, make_demo_data, run_arm, summarise
+    from dpcml.demo import ARMS, STEPS, acceptance, make_demo_data, plot_arms, run_arm, summarise
 
     arms = args.arms or list(ARMS)
-    epochs = args.epochs or PROTOCOL["epochs"]
+    steps = args.steps or STEPS
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise UserError(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
@@ -169,10 +170,11 @@ def _demo(args, device) -> int:
     with Timer() as timer:
         for arm in progress(arms, desc="arms"):
             for seed in seeds:
-                r = run_arm(arm, seed, data, split, epochs=epochs, device=device)
+                r = run_arm(arm, seed, data, split, steps=steps, device=device)
                 per_seed[arm].append(r)
                 print(f"  {arm} seed {seed}: minority R@20 {r['minority_R@20']:.3f}, "
-                      f"R@10 {r['R@10_standard']:.3f} ({r['train_seconds']:.0f} s training)",
+                      f"R@10 {r['R@10_standard']:.3f}, best epoch {r['best_epoch']} of "
+                      f"{r['epochs']} ({r['steps']} steps, {r['train_seconds']:.0f} s training)",
                       flush=True)  # fmt: skip
     mean = summarise(per_seed)
     checks = acceptance(mean)
@@ -180,7 +182,8 @@ def _demo(args, device) -> int:
             "separation", "median_diversity"]  # fmt: skip
     n_users, n_items = data.matrix.shape
     print(f"synthetic multi-interest set: {n_users} users x {n_items} items, "
-          f"{data.matrix.nnz} positives; mean of seeds {seeds}, {epochs} epochs")  # fmt: skip
+          f"{data.matrix.nnz} positives; mean of seeds {seeds}, {steps} steps of 256 per arm"
+          )  # fmt: skip
     print(f"{'arm':17s} " + " ".join(f"{c[:14]:>14s}" for c in cols))
     for arm in arms:
         print(f"{arm:17s} " + " ".join(f"{_fmt(mean[arm][c]):>14s}" for c in cols))
@@ -191,10 +194,11 @@ def _demo(args, device) -> int:
                         dataset="synthetic-multi-interest (spec C2)",
                         metrics={"mean": mean, "per_seed": per_seed, "acceptance": checks},
                         timings={"total_seconds": timer.elapsed},
-                        config={"arms": arms, "epochs": epochs, "seeds": seeds,
+                        config={"arms": arms, "steps": steps, "seeds": seeds,
                                 "threads": args.threads},
                         device=device, seed=args.seed)  # fmt: skip
-    print(f"wrote {path}")
+    pngs = plot_arms(args.out, mean)
+    print(f"wrote {path}, " + ", ".join(str(p) for p in pngs))
     return 0
 
 

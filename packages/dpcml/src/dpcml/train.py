@@ -66,6 +66,7 @@ def fit(
     net = dist.wrap_model(model, broadcast_buffers=False) if world > 1 else model
     sampler = TripletSampler(train, cfg.num_negatives, cfg.sampling, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = dist.grad_scaler(precision, device)
     result, best_state = FitResult(), None
     k = int(select_metric.split("@")[1]) if "@" in select_metric else 3
     epoch_iter = range(epochs) if progress is None else progress(range(epochs), desc="epochs")
@@ -80,8 +81,9 @@ def fit(
             with dist.autocast(precision, device):
                 loss = net(users, pos, neg, pair_weight=float(world))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()  # the scaler passes through unless fp16 on CUDA
+            scaler.step(opt)
+            scaler.update()
             model.project_users_()
             total += loss.item()
         if world > 1:  # the mean over ranks of W·hinge_r + η·DCRS is the single-process loss

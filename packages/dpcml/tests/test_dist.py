@@ -101,6 +101,12 @@ def test_bf16_trains_on_cpu_and_changes_no_op(ratings_dat, tmp_path):
     b = torch.load(tmp_path / "bf16" / "dpcml_model.pt", weights_only=True)["state_dict"]
     for name in a:  # no op of the DPCML step is on autocast's lower-precision list
         assert torch.equal(a[name], b[name]), name
+    ev = ["evaluate", "--checkpoint", str(tmp_path / "bf16" / "dpcml_model.pt"), "--device", "cpu"]
+    assert main([*ev, "--precision", "bf16", "--out", str(tmp_path / "ev_bf16")]) == 0
+    assert main([*ev, "--out", str(tmp_path / "ev_fp32")]) == 0
+    m = [json.loads((tmp_path / d / "dpcml_evaluate.json").read_text())["metrics"]
+         for d in ("ev_bf16", "ev_fp32")]  # fmt: skip
+    assert m[0] == m[1]  # the scoring addmm is kept in fp32 under autocast
 
 
 def test_fp16_on_cpu_is_a_one_line_error(ratings_dat, tmp_path, capsys):

@@ -100,3 +100,62 @@ def test_bad_arguments():
         evaluate_ranking(scores, sp_.train, sp_.test, convention="mine")
     with pytest.raises(ValueError, match="shapes"):
         evaluate_ranking(scores, sp_.train, sp_.test[:, :5])
+
+
+def _with_minus_inf(scores, seed, share=0.3):
+    """Scores where a share of every row (train, test and other items alike) is −inf."""
+    rng = np.random.default_rng(seed)
+    out = scores.clone()
+    out[torch.from_numpy(rng.random(tuple(scores.shape)) < share)] = -math.inf
+    return out
+
+
+@pytest.mark.parametrize("convention", ["official", "standard"])
+@pytest.mark.parametrize("seed", [0, 6])
+def test_minus_inf_scores_rank_like_the_naive_reference(convention, seed):
+    sp_, scores = _fixture(seed)
+    scores = _with_minus_inf(scores, seed)
+    ks = (1, 3, 5, 10)
+    fast = evaluate_ranking(scores, sp_.train, sp_.test, ks, convention, chunk_size=9)
+    slow = naive_evaluate(scores, sp_.train, sp_.test, ks, convention)
+    for name in fast:
+        if isinstance(fast[name], float) and math.isnan(fast[name]):
+            assert math.isnan(slow[name]), name
+        else:
+            assert fast[name] == pytest.approx(slow[name], abs=1e-9), name
+
+
+def test_minus_inf_candidate_keeps_its_rank():
+    # 8 items; train {0, 3}; test {1, 2, 4}; items 2 and 4 score −inf. Non-train ranking by
+    # score, ties by id: 1 (r=1), 5, 6, 7, 2 (r=5), 4 (r=6)  ->  L = 6, P = 3
+    inf = math.inf
+    scores = torch.tensor([[5.0, 4.0, -inf, 3.0, -inf, 2.0, 1.0, 0.5]], dtype=torch.float64)
+    train = sp.csr_matrix(np.array([[1, 0, 0, 1, 0, 0, 0, 0]], np.float32))
+    test = sp.csr_matrix(np.array([[0, 1, 1, 0, 1, 0, 0, 0]], np.float32))
+    m = evaluate_ranking(scores, train, test, ks=(3,))
+    assert m["MAP"] == pytest.approx((1 / 1 + 2 / 5 + 3 / 6) / 3)
+    assert m["AUC"] == pytest.approx(1 - ((1 - 1) + (5 - 2) + (6 - 3)) / (3 * 3))
+    assert recommend(scores, train, 6)[0].tolist() == [1, 5, 6, 7, 2, 4]
+
+
+def test_recommend_never_returns_train_items_before_minus_inf_candidates():
+    sp_, scores = _fixture(7)
+    scores = _with_minus_inf(scores, 7, share=0.6)
+    top = recommend(scores, sp_.train, 10)
+    for u in range(3, 60):
+        train_items = set(sp_.train[u].indices)
+        order = [i for i in np.argsort(-scores[u].numpy(), kind="stable") if i not in train_items]
+        assert top[u].tolist()[: len(order)] == order[:10]
+
+
+def test_overlapping_splits_are_rejected():
+    sp_, scores = _fixture(0)
+    test = sp_.test.tolil()
+    u = 5
+    test[u, sp_.train[u].indices[0]] = 1.0  # one training item also in the test split
+    for evaluate in (evaluate_ranking, naive_evaluate):
+        with pytest.raises(ValueError, match=r"1 \(user, item\) pairs are in both"):
+            evaluate(scores, sp_.train, test.tocsr())
+    explicit_zero = sp_.test.copy()
+    explicit_zero.data[:] = 0.0  # stored zeros are not positives: no overlap, no test users
+    assert evaluate_ranking(scores, sp_.train, explicit_zero)["n_users"] == 0

@@ -53,3 +53,16 @@ def test_fit_learns_and_keeps_the_best_validation_epoch():
     assert result.tuples_seen == 4 * s.train.nnz
     norms = model.user_vectors().norm(dim=-1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_demo_budget_gives_every_arm_the_same_steps():
+    import math
+
+    from dpcml.demo import ARMS, PROTOCOL, STEPS, epochs_for, make_demo_data
+
+    _, split = make_demo_data()
+    for arm, over in ARMS.items():
+        s = PROTOCOL["num_negatives"] if over["sampling"] == "uniform" else 1
+        steps = epochs_for(arm, split.train) * math.ceil(split.train.nnz * s / 256)
+        assert abs(steps - STEPS) <= 0.02 * STEPS, arm
+    assert epochs_for("CML-hard", split.train) == 10 * epochs_for("CML-uniform", split.train)

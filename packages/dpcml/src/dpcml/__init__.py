@@ -16,12 +16,18 @@ from dpcml.data import (
 )
 from dpcml.losses import dcrs_code, dcrs_paper, hard_negative_hinge, min_sq_distance, triplet_hinge
 from dpcml.model import DPCML, adaptive_vector_counts
-from dpcml.ranking import evaluate_ranking, naive_evaluate, recommend
+from dpcml.ranking import (
+    evaluate_ranking,
+    naive_evaluate,
+    per_user_metrics,
+    recommend,
+    summarise_metrics,
+)
 from dpcml.sampler import TripletSampler, sample_negatives
 from dpcml.synthetic import MultiInterestData, interest_recall, make_multi_interest
 from dpcml.train import FitResult, fit
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "DPCML",
@@ -45,9 +51,11 @@ __all__ = [
     "make_multi_interest",
     "min_sq_distance",
     "naive_evaluate",
+    "per_user_metrics",
     "recommend",
     "sample_negatives",
     "split_per_user",
+    "summarise_metrics",
     "triplet_hinge",
     "write_users_dat",
 ]

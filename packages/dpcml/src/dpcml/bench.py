@@ -7,7 +7,8 @@ vectorised path beside the per-triplet / per-user loop of the official code.
   ``DataLoader`` over a list of triplets with per-item collation) into the same step;
 * evaluation: one full-ranking pass (P/R/NDCG@{3,5}, MAP, MRR, AUC, NDCG) with the run.sh model
   size (d = 100, C = 5) vs the official way (broadcast-difference scores per chunk, then a
-  per-user Python loop), extrapolated from a subset of users.
+  per-user Python loop), extrapolated from a subset of users; both timed on growing user
+  subsets for the scaling plot (``plot_evaluation_scaling``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from dpcml.ranking import evaluate_ranking, naive_evaluate
 from dpcml.sampler import TripletSampler, naive_uniform_negatives, sample_negatives
 from labcore.memory import training_state_bytes
 
-__all__ = ["ML1M_ITEMS", "ML1M_USERS", "ml1m_like", "run_bench"]
+__all__ = ["ML1M_ITEMS", "ML1M_USERS", "ml1m_like", "plot_evaluation_scaling", "run_bench"]
 
 ML1M_USERS, ML1M_ITEMS, ML1M_POSITIVES = 6040, 3953, 575_281
+# evaluation time vs number of users (the last vectorised size is every user of ML-1M)
+EVAL_USERS, EVAL_USERS_QUICK = (100, 300, 1000, 3000, 6040), (100, 300, 1000, 3000, 6040)
+NAIVE_USERS, NAIVE_USERS_QUICK = (50, 150, 500, 1000), (25, 50, 100)
 
 
 def ml1m_like(seed: int = 0) -> sp.csr_matrix:
@@ -132,15 +136,40 @@ def run_bench(quick: bool = False, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     big = DPCML(ML1M_USERS, ML1M_ITEMS, DPCMLConfig())  # run.sh size: d = 100, C = 5
     big.project_users_()
-    start = time.perf_counter()
-    metrics = evaluate_ranking(big, train, split.test, ks=(3, 5))
-    fast_s = time.perf_counter() - start
-    eval_users = rng.choice(ML1M_USERS, 150 if quick else 1_000, replace=False)
     official = _official_predict(big)
-    _, sub_s = _rate(lambda: naive_evaluate(official, train, split.test, (3, 5), users=eval_users),
-                     1)  # fmt: skip
-    naive_s = sub_s * ML1M_USERS / len(eval_users)
+    evaluate_ranking(big, train, split.test, ks=(3, 5), users=np.arange(64))  # warm-up
+    fast_sizes = EVAL_USERS_QUICK if quick else EVAL_USERS
+    naive_sizes = NAIVE_USERS_QUICK if quick else NAIVE_USERS
+    order = rng.permutation(ML1M_USERS)  # nested subsets: the first n users of one permutation
+    fast_curve, naive_curve = [], []
+    for n in fast_sizes:
+        start = time.perf_counter()
+        m = evaluate_ranking(big, train, split.test, ks=(3, 5), users=np.sort(order[:n]))
+        fast_curve.append(time.perf_counter() - start)
+    metrics, fast_s = m, fast_curve[-1]  # the last size is every user
+    for n in naive_sizes:
+        start = time.perf_counter()
+        naive_evaluate(official, train, split.test, (3, 5), users=np.sort(order[:n]))
+        naive_curve.append(time.perf_counter() - start)
+    naive_s = naive_curve[-1] * ML1M_USERS / naive_sizes[-1]
     out["evaluation"] = {"vectorised_seconds": fast_s, "naive_seconds_extrapolated": naive_s,
-                         "naive_users_timed": len(eval_users), "speedup": naive_s / fast_s,
-                         "random_model_metrics": metrics}  # fmt: skip
+                         "naive_users_timed": naive_sizes[-1], "speedup": naive_s / fast_s,
+                         "random_model_metrics": metrics,
+                         "scaling": {"vectorised": {"users": list(fast_sizes),
+                                                    "seconds": fast_curve},
+                                     "per_user_loop": {"users": list(naive_sizes),
+                                                       "seconds": naive_curve}}}  # fmt: skip
     return out
+
+
+def plot_evaluation_scaling(path, evaluation: dict):
+    """Log-log PNG of full-ranking evaluation time vs users: vectorised vs the per-user loop."""
+    from labcore.plot import line_plot
+
+    sc = evaluation["scaling"]
+    series = {"vectorised (this package)": (sc["vectorised"]["users"], sc["vectorised"]["seconds"]),
+              "per-user loop (official style)": (sc["per_user_loop"]["users"],
+                                                 sc["per_user_loop"]["seconds"])}  # fmt: skip
+    return line_plot(path, series, xlabel="users evaluated (ML-1M scale, 3,953 items)",
+                     ylabel="seconds", loglog=True,
+                     title="dpcml full-ranking evaluation time")  # fmt: skip

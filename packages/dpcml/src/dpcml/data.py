@@ -115,60 +115,98 @@ def from_pairs(
     return Interactions(_csr(rows, cols, (len(user_ids), num_items)), user_ids, item_ids)
 
 
-def _read_table(path: Path, sep: str, skip_header: bool, name: str) -> np.ndarray:
-    """The first three numeric columns of a delimited text file, as float64 (N, 3)."""
+def _read_text(path, name: str, filename: str) -> tuple[Path, bytes]:
+    """The file's bytes, checked to be non-empty UTF-8 text, or a one-line error naming the file
+    and what was expected. ``name`` says what the file is, ``filename`` its usual name."""
     path = Path(path)
+    if path.is_dir():
+        hint = path / filename
+        found = f"; {hint} is there" if hint.is_file() else f", e.g. {hint}"
+        raise UserError(f"{path} is a directory: expected the {name} file itself{found}")
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    text = path.read_bytes()
-    if not text.strip():
-        raise UserError(f"{path}: empty {name} file")
-    if sep == "::":
-        text, sep = text.replace(b"::", b"\t"), "\t"
+        raise FileNotFoundError(f"no such file: {path} (expected a {name} file)")
+    raw = path.read_bytes()
     try:
-        table = np.loadtxt(io.BytesIO(text), delimiter=sep, usecols=(0, 1, 2),
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a {name} file (not UTF-8 text: byte 0x{raw[e.start]:02x} "
+                        f"at offset {e.start})") from None  # fmt: skip
+    if not raw.strip():
+        raise UserError(f"{path}: empty {name} file")
+    return path, raw
+
+
+def _read_table(path, sep: str, skip_header: bool, name: str, filename: str) -> np.ndarray:
+    """The first three numeric columns of a delimited text file, as float64 (N, 3); the first
+    two (user and item ids) must be non-negative integers."""
+    path, raw = _read_text(path, name, filename)
+    if skip_header and not raw.partition(b"\n")[2].strip():
+        raise UserError(f"{path}: {name} file has a header but no rows")
+    if sep == "::":
+        raw, sep = raw.replace(b"::", b"\t"), "\t"
+    try:
+        table = np.loadtxt(io.BytesIO(raw), delimiter=sep, usecols=(0, 1, 2),
                            skiprows=int(skip_header), dtype=np.float64, ndmin=2)  # fmt: skip
     except ValueError as e:
-        raise UserError(f"{path}: not a {name} file ({str(e).splitlines()[0]})") from None
+        msg = str(e).splitlines()[0].rstrip(".")
+        raise UserError(f"{path}: not a {name} file, or truncated ({msg})") from None
+    ids = table[:, :2]
+    bad = ~(np.isfinite(ids) & (ids == np.round(ids)) & (ids >= 0)).all(1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0]) + 1
+        raise UserError(f"{path}: data row {row}: user and item ids must be non-negative integers")
     return table
 
 
-def _from_table(table: np.ndarray, **kw) -> Interactions:
-    return from_pairs(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2], **kw)
+def _named(path, build):
+    """Run ``build()``; a :class:`UserError` it raises gets the file name in front."""
+    try:
+        return build()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _from_table(path, table: np.ndarray, **kw) -> Interactions:
+    users, items = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+    return _named(path, lambda: from_pairs(users, items, table[:, 2], **kw))
 
 
 def read_ml100k(path, **kw) -> Interactions:
     """MovieLens-100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``."""
-    return _from_table(_read_table(path, "\t", False, "MovieLens-100K u.data"), **kw)
+    return _from_table(path, _read_table(path, "\t", False, "MovieLens-100K u.data", "u.data"),
+                       **kw)  # fmt: skip
 
 
 def read_ratings_dat(path, **kw) -> Interactions:
     """MovieLens-1M / 10M ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``."""
-    return _from_table(_read_table(path, "::", False, "MovieLens ratings.dat"), **kw)
+    table = _read_table(path, "::", False, "MovieLens ratings.dat", "ratings.dat")
+    return _from_table(path, table, **kw)
 
 
 def read_ml20m(path, **kw) -> Interactions:
     """MovieLens-20M ``ratings.csv`` with header ``userId,movieId,rating,timestamp``."""
-    path = Path(path)
-    if path.is_file():
-        with path.open() as f:
-            header = f.readline().strip().lower()
-        if not header.startswith("userid,movieid,rating"):
-            raise UserError(f"{path}: expected header 'userId,movieId,rating,timestamp'")
-    return _from_table(_read_table(path, ",", True, "MovieLens-20M ratings.csv"), **kw)
+    name = "MovieLens-20M ratings.csv"
+    _, raw = _read_text(path, name, "ratings.csv")
+    header = raw.split(b"\n", 1)[0].decode().strip().lower()
+    if not header.startswith("userid,movieid,rating"):
+        raise UserError(f"{path}: expected header 'userId,movieId,rating,timestamp'")
+    return _from_table(path, _read_table(path, ",", True, name, "ratings.csv"), **kw)
 
 
 def read_steam(path, *, min_positives: int = 5, **_) -> Interactions:
     """Steam-200k CSV ``user,"game",behavior,value,0``: a positive is a game the user purchased
     and played for more than 0 hours. Games are names, so items are always numbered (remap).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if not rows or any(len(r) < 4 for r in rows):
-        raise UserError(f"{path}: not a Steam-200k CSV (user,game,behavior,value)")
+    path, raw = _read_text(path, "Steam-200k CSV", "steam-200k.csv")
+    text = raw.decode("utf-8")
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    except csv.Error as e:
+        raise UserError(f"{path}: not a Steam-200k CSV ({e})") from None
+    short = [i for i, r in enumerate(rows, 1) if len(r) < 4]
+    if short:
+        raise UserError(f"{path}: row {short[0]} has fewer than 4 fields; not a Steam-200k CSV "
+                        "(user,game,behavior,value), or truncated")  # fmt: skip
     cols = np.array([r[:4] for r in rows], dtype=object).T
     try:
         users, value = cols[0].astype(np.int64), cols[3].astype(np.float64)
@@ -180,8 +218,9 @@ def read_steam(path, *, min_positives: int = 5, **_) -> Interactions:
     played = np.zeros(key.max() + 1, bool)
     played[key[(behavior == "play") & (value > 0)]] = True
     positive = (behavior == "purchase") & played[key]
-    return from_pairs(users[positive], games[positive], None, threshold=None,
-                      min_positives=min_positives, id_mode="remap")  # fmt: skip
+    users, games = users[positive], games[positive]
+    kw = {"threshold": None, "min_positives": min_positives, "id_mode": "remap"}
+    return _named(path, lambda: from_pairs(users, games, None, **kw))
 
 
 def read_users_dat(path, *, min_positives: int = 5, **_) -> Interactions:
@@ -190,21 +229,23 @@ def read_users_dat(path, *, min_positives: int = 5, **_) -> Interactions:
     Users with n < ``min_positives`` are dropped (by the count field, as the code does), rows
     keep file order, items keep raw ids (#items = max id + 1).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+    path, raw = _read_text(path, "users.dat ('n i1 ... in' per line)", "users.dat")
+    text = raw.decode("utf-8")
     rows, cols, kept = [], [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             tok = np.array(line.split(), dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UserError(
                 f"{path}:{lineno}: users.dat lines are integers 'n i1 ... in'"
             ) from None
-        if tok[0] != len(tok) - 1 or (tok[1:] < 0).any():
-            raise UserError(f"{path}:{lineno}: count {tok[0]} does not match {len(tok) - 1} items")
+        if tok[0] != len(tok) - 1:
+            raise UserError(f"{path}:{lineno}: count {tok[0]} does not match {len(tok) - 1} items"
+                            " (truncated?)")  # fmt: skip
+        if (tok[1:] < 0).any():
+            raise UserError(f"{path}:{lineno}: negative item id")
         if tok[0] < min_positives:
             continue
         rows.append(np.full(len(tok) - 1, len(kept)))

@@ -1,9 +1,15 @@
 """The offline demonstration: CML vs DPCML on the synthetic multi-interest set (spec C2).
 
-Arms (d = 32, λ = 1, Adam 1e-3, batch 1024, 30 epochs, S = 10, best epoch by validation P@3):
-CML (C = 1, η = 0) and DPCML (C = 3, η = 10, δ1 = 0.05, δ2 = 0.25), each with uniform and hard
-sampling, plus DPCML-hard with η = 0 to show what DCRS does. Pre-registered acceptance (fixed
-before the first run, never retuned) is checked by :func:`acceptance`.
+Arms (d = 32, λ = 1, Adam 1e-3, S = 10, best epoch by validation P@3): CML (C = 1, η = 0) and
+DPCML (C = 3, η = 10, δ1 = 0.05, δ2 = 0.25), each with uniform and hard sampling, plus
+DPCML-hard with η = 0 to show what DCRS does. Pre-registered acceptance (fixed before the first
+run, never retuned) is checked by :func:`acceptance`.
+
+Budget: every arm gets the same number of optimiser steps of the official batch of 256 tuples
+(:data:`STEPS`). A uniform epoch has S = 10 times the tuples of a hard epoch (each positive pair
+becomes S triplets), so equal epochs would give the hard arms a tenth of the updates; the
+number of epochs of each arm is the step budget divided by its steps per epoch
+(:func:`epochs_for`).
 """
 
 from __future__ import annotations
@@ -24,10 +30,21 @@ from dpcml.train import fit
 
 _OFFICIAL_KEYS = ("P@3", "R@3", "NDCG@3", "P@5", "MAP", "MRR", "AUC")
 
-__all__ = ["ARMS", "acceptance", "interest_separation", "run_arm", "summarise"]
+__all__ = [
+    "ARMS",
+    "PROTOCOL",
+    "STEPS",
+    "acceptance",
+    "epochs_for",
+    "interest_separation",
+    "plot_arms",
+    "run_arm",
+    "summarise",
+]
 
-_COMMON = {"dim": 32, "margin": 1.0, "lr": 1e-3, "batch_size": 1024, "epochs": 30,
-           "num_negatives": 10, "delta1": 0.05, "delta2": 0.25}  # fmt: skip
+PROTOCOL = {"dim": 32, "margin": 1.0, "lr": 1e-3, "batch_size": 256, "num_negatives": 10,
+            "delta1": 0.05, "delta2": 0.25}  # fmt: skip
+STEPS = 8220  # optimiser steps per arm and seed (60 hard epochs = 6 uniform epochs here)
 ARMS: dict[str, dict] = {
     "CML-uniform": {"n_vectors": 1, "dcrs_weight": 0.0, "sampling": "uniform"},
     "CML-hard": {"n_vectors": 1, "dcrs_weight": 0.0, "sampling": "hard"},
@@ -59,18 +76,27 @@ def interest_separation(
     return float((winner[both, 0] != winner[both, 1]).mean()), int(both.sum())
 
 
+def epochs_for(name: str, train: sp.csr_matrix, steps: int = STEPS) -> int:
+    """Epochs that give arm ``name`` about ``steps`` optimiser steps (at least one epoch)."""
+    cfg = DPCMLConfig(**{**PROTOCOL, **ARMS[name]})
+    tuples = train.nnz * (cfg.num_negatives if cfg.sampling == "uniform" else 1)
+    return max(1, round(steps / math.ceil(tuples / cfg.batch_size)))
+
+
 def run_arm(
     name: str,
     seed: int,
     data: MultiInterestData,
     split,
     *,
-    epochs: int | None = None,
+    steps: int = STEPS,
     device: torch.device | str = "cpu",
     progress: Callable | None = None,
 ) -> dict[str, float]:
-    """Train one arm with one seed; test metrics (official convention unless noted)."""
-    cfg = DPCMLConfig(**{**_COMMON, **ARMS[name]})
+    """Train one arm with one seed for ``steps`` optimiser steps (rounded to whole epochs);
+    test metrics (official convention unless noted)."""
+    epochs = epochs_for(name, split.train, steps)
+    cfg = DPCMLConfig(**{**PROTOCOL, **ARMS[name], "epochs": epochs})
     torch.manual_seed(seed)
     model = DPCML(*data.matrix.shape, cfg)
     result = fit(model, split.train, split.val, epochs=epochs, seed=seed, device=device,
@@ -92,6 +118,8 @@ def run_arm(
         "separation": separation,
         "median_diversity": float(diversity.median()),
         "best_epoch": result.best_epoch,
+        "epochs": epochs,
+        "steps": epochs * math.ceil(result.tuples_seen / epochs / cfg.batch_size),
         "train_seconds": result.train_seconds,
         "tuples_per_s": result.tuples_seen / max(result.train_seconds, 1e-9),
         "n_minority_users": n_min,
@@ -128,7 +156,7 @@ def acceptance(mean: dict[str, dict[str, float]]) -> dict[str, dict]:
         checks["mechanism"] = {"rule": "g2 and g1 closest vectors differ for >= 60% of users",
                                "value": sep, "met": bool(sep >= 0.6)}  # fmt: skip
         div = mean["DPCML-hard"]["median_diversity"]
-        lo, hi = _COMMON["delta1"], _COMMON["delta2"] + 0.05
+        lo, hi = PROTOCOL["delta1"], PROTOCOL["delta2"] + 0.05
         check = {"rule": f"median diversity with eta=10 in [{lo}, {hi}]; larger with eta=0",
                  "eta10": div, "met": bool(lo <= div <= hi)}  # fmt: skip
         if "DPCML-hard-eta0" in mean:
@@ -142,3 +170,20 @@ def make_demo_data(seed: int = 0):
     """The fixed synthetic set and its official-style split (split seed 1234)."""
     data = make_multi_interest(seed)
     return data, split_per_user(data.matrix, seed=1234)
+
+
+def plot_arms(out_dir, mean: dict[str, dict[str, float]]) -> list:
+    """Bar charts (mean ± std over seeds, per arm) of minority recall@20 and overall R@10."""
+    from pathlib import Path
+
+    from labcore.plot import bar_plot
+
+    out = Path(out_dir)
+    paths = []
+    charts = (("minority_R@20", "minority-interest recall@20", "minority_recall"),
+              ("R@10_standard", "overall recall@10 (standard)", "recall10"))  # fmt: skip
+    for key, label, name in charts:
+        values = {arm: (m[key], m[f"{key}_std"]) for arm, m in mean.items()}
+        paths.append(bar_plot(out / f"dpcml_demo_{name}.png", values, ylabel=label,
+                              title=f"dpcml demo: {label}, mean ± std over seeds"))  # fmt: skip
+    return paths

@@ -91,11 +91,19 @@ class DPCML(nn.Module):
             rows = F.embedding(items, w)
             norm = rows.norm(dim=-1, keepdim=True)
             return torch.where(norm > max_norm, rows * (max_norm / (norm + 1e-7)), rows)
-        with torch.no_grad():
-            rows = w[items]
-            norm = rows.norm(dim=-1, keepdim=True)
-            w[items] = torch.where(norm > max_norm, rows * (max_norm / (norm + 1e-7)), rows)
+        self.renormalize_items_(items)
         return F.embedding(items, w)
+
+    @torch.no_grad()
+    def renormalize_items_(self, items: torch.Tensor) -> None:
+        """Rescale the stored rows ``items`` with ‖g_v‖ > max_norm to max_norm / (‖g_v‖ + 1e-7)
+        of their length, in place (what a training-mode lookup does; idempotent: a rescaled row
+        is below max_norm). Distributed training calls it on every item of the *global* batch
+        on every rank, so the item tables stay identical across ranks."""
+        w, max_norm = self.item_embeddings.weight, self.config.max_norm
+        rows = w[items]
+        norm = rows.norm(dim=-1, keepdim=True)
+        w[items] = torch.where(norm > max_norm, rows * (max_norm / (norm + 1e-7)), rows)
 
     def _valid(self, users: torch.Tensor | None) -> torch.Tensor | None:
         if self.valid is None:
@@ -133,8 +141,16 @@ class DPCML(nn.Module):
         fn = dcrs_code if cfg.dcrs == "code" else dcrs_paper
         return fn(self.user_vectors(), cfg.delta1, cfg.delta2, self._valid(None))
 
-    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pair_weight: float = 1.0
+    ) -> torch.Tensor:
+        """``pair_weight`` · summed hinge + η · DCRS. Distributed training passes the world size
+        W: DDP averages the W ranks' gradients, which turns W · (hinge of a rank's share) back
+        into the hinge of the whole global batch, while DCRS (all users, the same on every
+        rank) keeps its weight η."""
         loss = self.preference_loss(users, pos, neg)
+        if pair_weight != 1.0:
+            loss = loss * pair_weight
         cfg = self.config
         if cfg.dcrs_weight > 0 and cfg.delta1 < cfg.delta2 and cfg.n_vectors > 1:
             loss = loss + cfg.dcrs_weight * self.dcrs_loss()
@@ -158,7 +174,10 @@ class DPCML(nn.Module):
         v = self.item_embeddings.weight  # (I, d)
         flat = g.reshape(b * c, -1)
         base = flat.square().sum(-1, keepdim=True) + v.square().sum(-1)  # ‖g‖² + ‖v‖²
-        d = torch.addmm(base, flat, v.T, alpha=-2.0).view(b, c, -1)  # (B, C, I)
+        # fp32 even under autocast: the expansion cancels (‖g − v‖² is small next to ‖g‖² + ‖v‖²)
+        # and bf16's 8 bits would tie most of a user's items
+        with torch.autocast(g.device.type, enabled=False):
+            d = torch.addmm(base, flat, v.T, alpha=-2.0).view(b, c, -1)  # (B, C, I)
         valid = self._valid(users)
         if valid is not None:
             d = d.masked_fill(~valid.unsqueeze(-1), math.inf)

@@ -10,8 +10,53 @@ from pathlib import Path
 from labcore.cli import UserError, common_parser, error_boundary, parse_args
 from labcore.runs import resolve_device, seed_everything, write_result
 
+try:
+    from labcore.cli import nonnegative_int, positive_float, positive_int
+except ImportError:  # labcore without the argparse types yet
+
+    def _typed(cast, ok, what):
+        def parse(text: str):
+            try:
+                value = cast(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            if not ok(value):
+                raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+            return value
+
+        parse.__name__ = what.replace(" ", "_")
+        return parse
+
+    positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
+    nonnegative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+    positive_float = _typed(float, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def _float_in(low: float, high: float, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
+
+
+nonnegative_float = _float_in(0.0, float("inf"), "a number >= 0")
+dropout_rate = _float_in(0.0, 1.0, "in [0, 1)")
+
 PROG = "n2gnn"
-MODEL_FLAGS = ("num_steps", "hidden", "state", "pieces", "num_pseudo", "dropout")
+MODEL_FLAGS = {  # model overrides of the preset: flag -> (type, help)
+    "num_steps": (positive_int, "L, applications of the shared cell"),
+    "hidden": (positive_int, "d, message width"),
+    "state": (positive_int, "q, position/state width"),
+    "pieces": (positive_int, "k, pieces per pseudo node"),
+    "num_pseudo": (positive_int, "np, number of pseudo nodes"),
+    "dropout": (dropout_rate, "dropout inside every NL, in [0, 1)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,53 +73,144 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the spec's protocol: 3 seeds × 300 epochs, 2 graph seeds",
     )
-    demo.add_argument("--seeds", type=int, default=None)
-    demo.add_argument("--node-epochs", type=int, default=None)
-    demo.add_argument("--graph-epochs", type=int, default=None)
+    demo.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=None,
+        help="seeds of the SBM node task (default: the protocol's)",
+    )
+    demo.add_argument(
+        "--node-epochs",
+        type=positive_int,
+        default=None,
+        help="epochs per SBM run (default: the protocol's)",
+    )
+    demo.add_argument(
+        "--graph-epochs",
+        type=positive_int,
+        default=None,
+        help="epochs per graph-task run (default: the protocol's)",
+    )
 
     bench = sub.add_parser("bench", parents=[common], help="scaling and parameter benchmarks")
-    bench.add_argument("--quick", action="store_true", help="CI sizes (still runs 131,072 nodes)")
-    bench.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
-    bench.add_argument("--no-memory", action="store_true", help="skip peak-RSS subprocesses")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and widths, fewer repeats (≤ 90 s on 2 cores)",
+    )
+    bench.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="timed repeats per size, median reported (default 3, quick 1)",
+    )
+    bench.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory measurements (no claims then)",
+    )
 
     train = sub.add_parser("train", parents=[common], help="train on a local PyG dataset")
-    train.add_argument("--dataset", required=True)
-    train.add_argument("--root", type=Path, default=None, help="dataset root (default: data root)")
-    train.add_argument("--epochs", type=int, default=1000)
-    train.add_argument("--patience", type=int, default=300)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=1e-6)
-    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--dataset", required=True, help="dataset name (paper presets, Tab. S6)")
+    train.add_argument(
+        "--root", type=Path, default=None, help="dataset root (default: labcore's data root)"
+    )
+    train.add_argument("--epochs", type=positive_int, default=1000, help="maximum epochs")
+    train.add_argument(
+        "--patience",
+        type=positive_int,
+        default=300,
+        help="early-stopping patience in epochs (validation loss)",
+    )
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    train.add_argument(
+        "--weight-decay", type=nonnegative_float, default=1e-6, help="Adam weight decay"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="graphs per batch, global over all ranks (default: the preset's)",
+    )
     train.add_argument(
         "--fold",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help="official split index (default 1) or TU fold (default 0)",
     )
     train.add_argument(
-        "--num-parts", type=int, default=1, help="random node partitions per epoch for large graphs"
+        "--num-parts",
+        type=positive_int,
+        default=1,
+        help="random node partitions per epoch for large graphs",
     )
-    for flag in MODEL_FLAGS:
+    for flag, (kind, text) in MODEL_FLAGS.items():
         train.add_argument(
             f"--{flag.replace('_', '-')}",
-            type=float if flag == "dropout" else int,
+            type=kind,
             default=None,
-            help="override the preset (paper Tab. S6)",
+            help=f"{text} (default: the preset's)",
         )
 
     ev = sub.add_parser("evaluate", parents=[common], help="test metric of a trained checkpoint")
-    ev.add_argument("--checkpoint", type=Path, required=True)
-    ev.add_argument("--root", type=Path, default=None)
+    ev.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="an n2gnn checkpoint (from train or import-official)",
+    )
+    ev.add_argument(
+        "--root", type=Path, default=None, help="dataset root (default: labcore's data root)"
+    )
+
+    imp = sub.add_parser(
+        "import-official",
+        parents=[common],
+        help="convert an official N² checkpoint into an n2gnn checkpoint",
+    )
+    imp.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="the official file (e.g. 'node as neuron_best.pth') or a state dict",
+    )
+    imp.add_argument("--dataset", required=True, help="dataset the checkpoint was trained on")
+    imp.add_argument(
+        "--num-steps",
+        type=positive_int,
+        required=True,
+        help="L, the official --nlayers (not stored in the file)",
+    )
+    imp.add_argument(
+        "--edge-dim",
+        type=positive_int,
+        default=None,
+        help="edge-feature width, for datasets with edge features",
+    )
+    imp.add_argument(
+        "--fold",
+        type=nonnegative_int,
+        default=None,
+        help="split the checkpoint was trained on (default as for train)",
+    )
     return parser
+
+
+def _device(name: str):
+    """``resolve_device`` with its error as one line (``--device cuda`` without a GPU)."""
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(str(e)) from None
 
 
 @error_boundary(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     seed_everything(args.seed)
-    return {"demo": _demo, "bench": _bench, "train": _train, "evaluate": _evaluate}[args.command](
-        args
-    )
+    commands = {"demo": _demo, "bench": _bench, "train": _train, "evaluate": _evaluate,
+                "import-official": _import_official}  # fmt: skip
+    return commands[args.command](args)
 
 
 def _demo(args) -> int:
@@ -86,7 +222,7 @@ def _demo(args) -> int:
     over = {"seeds": args.seeds, "node_epochs": args.node_epochs, "graph_epochs": args.graph_epochs}
     cfg = replace(
         cfg,
-        device=str(resolve_device(args.device)),
+        device=str(_device(args.device)),
         **{k: v for k, v in over.items() if v is not None},
     )
     node = node_task(cfg, args.seed)
@@ -110,6 +246,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from n2gnn.bench import claims, format_table, parameters, scaling
 
+    _device(args.device)
     repeats = args.repeats or (3 if args.quick else 5)
     sc = scaling(quick=args.quick, repeats=repeats, memory=not args.no_memory)
     params = parameters()
@@ -164,16 +301,21 @@ def _graph_splits(ds, p, fold: int, seed: int):
 def _train(args) -> int:
     import torch
 
+    from n2gnn import _validate as check
+    from n2gnn.checkpoint import save_checkpoint
     from n2gnn.datasets import load_graph_dataset, load_node_dataset, preset
     from n2gnn.model import N2Graph, N2Node
-    from n2gnn.train import fit_graph, fit_node
+    from n2gnn.train import FitConfig, fit_graph, fit_node
 
+    # values from --config skip argparse's types: check everything before any work
+    FitConfig(args.epochs, args.lr, args.weight_decay, args.patience, args.num_parts)
+    if args.batch_size is not None:
+        check.integer("batch_size", args.batch_size)
+    if args.fold is not None:
+        check.integer("fold", args.fold, minimum=0)
     p = preset(args.dataset)
-    for flag in ("epochs", "patience", "num_parts"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     root = _root(args.root)
-    device = resolve_device(args.device)
+    device = _device(args.device)
     fold = args.fold if args.fold is not None else (1 if p.split == "official" else 0)
     if p.level == "node":
         data = load_node_dataset(args.dataset, root, seed=args.seed, fold=fold)
@@ -219,18 +361,15 @@ def _train(args) -> int:
             patience=args.patience,
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = args.out / f"n2gnn_{args.dataset}.pt"
-    torch.save(
-        {
-            "dataset": args.dataset,
-            "level": p.level,
-            "config": cfg.as_dict(),
-            "state_dict": model.state_dict(),
-            "seed": args.seed,
-            "fold": fold,
-            "num_parts": args.num_parts,
-        },
-        ckpt,
+    ckpt = save_checkpoint(
+        args.out / f"n2gnn_{args.dataset}.pt",
+        dataset=args.dataset,
+        level=p.level,
+        config=cfg.as_dict(),
+        state_dict=model.state_dict(),
+        seed=args.seed,
+        fold=fold,
+        num_parts=args.num_parts,
     )
     print(
         f"{args.dataset}: best epoch {res.best_epoch}, val {p.metric} {res.val_metric:.4f}, "
@@ -253,22 +392,22 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import torch
 
+    from n2gnn.checkpoint import read_checkpoint
     from n2gnn.datasets import load_graph_dataset, load_node_dataset, preset
     from n2gnn.model import N2Config, N2Graph, N2Node
     from n2gnn.train import evaluate_graph, evaluate_node
 
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(2, "No such file", str(args.checkpoint))
-    try:
-        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        name, cfg = ck["dataset"], N2Config.from_dict(ck["config"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise UserError(f"not an n2gnn checkpoint: {args.checkpoint} ({e})") from None
+    ck = read_checkpoint(args.checkpoint)
+    name, cfg = ck["dataset"], N2Config.from_dict(ck["config"])
     p = preset(name)
     root = _root(args.root)
-    device = resolve_device(args.device)
+    device = _device(args.device)
     model = (N2Node if p.level == "node" else N2Graph)(cfg)
-    model.load_state_dict(ck["state_dict"])
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())
+        raise UserError(f"checkpoint {args.checkpoint} does not fit its config: {msg}") from None
     model.to(device)
     if p.level == "node":
         data = load_node_dataset(name, root, seed=ck["seed"], fold=ck["fold"])
@@ -297,6 +436,40 @@ def _evaluate(args) -> int:
         config={"checkpoint": str(args.checkpoint), **ck["config"]},
         device=device,
         seed=ck["seed"],
+    )
+    return 0
+
+
+def _import_official(args) -> int:
+    from n2gnn.checkpoint import save_checkpoint
+    from n2gnn.datasets import preset
+    from n2gnn.official import load_official
+
+    p = preset(args.dataset)
+    model = load_official(args.checkpoint, num_steps=args.num_steps, edge_dim=args.edge_dim)
+    level = "graph" if model.__class__.__name__ == "N2Graph" else "node"
+    if level != p.level:
+        raise UserError(
+            f"{args.checkpoint} holds an official N2{level.title()} but {args.dataset} is a "
+            f"{p.level}-level dataset"
+        )
+    fold = args.fold if args.fold is not None else (1 if p.split == "official" else 0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(
+        args.out / f"n2gnn_{args.dataset}.pt",
+        dataset=args.dataset,
+        level=level,
+        config=model.config.as_dict(),
+        state_dict=model.state_dict(),
+        seed=args.seed,
+        fold=fold,
+        num_parts=1,
+        source=str(args.checkpoint),
+    )
+    c = model.config
+    print(
+        f"{args.checkpoint}: official N2{level.title()} (d={c.hidden}, q={c.state}, "
+        f"k={c.pieces}, np={c.num_pseudo}, L={c.num_steps}, {c.out_channels} outputs) -> {path}"
     )
     return 0
 

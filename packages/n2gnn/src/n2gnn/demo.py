@@ -8,6 +8,7 @@ import numpy as np
 from torch_geometric.loader import DataLoader
 
 from labcore.runs import seed_everything
+from n2gnn import _validate as check
 from n2gnn.baselines import GCN, MLP
 from n2gnn.model import N2Graph, N2Node
 from n2gnn.synthetic import edge_homophily, majority_colour_graphs, sbm_heterophily
@@ -35,6 +36,10 @@ class DemoConfig:
     graph_seeds: int = 1
     device: str = "cpu"
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "node_epochs", "graph_epochs", "graph_seeds"):
+            check.integer(name, getattr(self, name))
 
 
 FULL = DemoConfig(seeds=3, node_epochs=300, graph_epochs=40, graph_seeds=2)

@@ -16,6 +16,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import subgraph
 
 from labcore.cli import progress
+from n2gnn import _validate as check
 
 Task = Literal["multiclass", "binary", "multilabel"]
 Metric = Literal["accuracy", "rocauc", "ap"]
@@ -67,6 +68,24 @@ class FitResult:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
 
 
+@dataclass
+class FitConfig:
+    """Training settings (defaults: paper App. C); validated on construction."""
+
+    epochs: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    patience: int = 300
+    num_parts: int = 1  # random node partitions per epoch (node tasks)
+
+    def __post_init__(self) -> None:
+        check.integer("epochs", self.epochs)
+        check.integer("patience", self.patience)
+        check.integer("num_parts", self.num_parts)
+        check.real("lr", self.lr, low=0.0, low_open=True)
+        check.real("weight_decay", self.weight_decay, low=0.0)
+
+
 def _adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -109,6 +128,7 @@ def fit_node(
     ``num_parts > 1`` trains and evaluates on random node partitions (induced subgraphs), as the
     official code does for large graphs. The model is left holding the best-val weights.
     """
+    FitConfig(epochs, lr, weight_decay, patience, num_parts)
     device = next(model.parameters()).device
     data = data.to(device)
     opt = _adam(model, lr, weight_decay)
@@ -195,6 +215,7 @@ def fit_graph(
     show_progress: bool = True,
 ) -> FitResult:
     """Mini-batch training over graph loaders; best epoch by validation loss."""
+    FitConfig(epochs, lr, weight_decay, patience)
     opt = _adam(model, lr, weight_decay)
     res, best_state, start = FitResult(), None, time.perf_counter()
     bar = progress(range(epochs), desc="train", leave=False, disable=not show_progress or None)

@@ -7,42 +7,38 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labcore.cli import UserError, common_parser, error_boundary, parse_args
+from labcore.cli import (
+    UserError,
+    common_parser,
+    error_boundary,
+    nonnegative_int,
+    parse_args,
+    positive_float,
+    positive_int,
+)
 from labcore.runs import resolve_device, seed_everything, write_result
-
-try:
-    from labcore.cli import nonnegative_int, positive_float, positive_int
-except ImportError:  # labcore without the argparse types yet
-
-    def _typed(cast, ok, what):
-        def parse(text: str):
-            try:
-                value = cast(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-            if not ok(value):
-                raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
-            return value
-
-        parse.__name__ = what.replace(" ", "_")
-        return parse
-
-    positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
-    nonnegative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
-    positive_float = _typed(float, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
 def _float_in(low: float, high: float, what: str):
+    """argparse type: a finite float in ``[low, high)``."""
+
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = _finite(text)
         if not low <= value < high:
             raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
         return value
 
     return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected float, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
 
 
 nonnegative_float = _float_in(0.0, float("inf"), "a number >= 0")

@@ -240,31 +240,34 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
-    from n2gnn.bench import claims, format_table, parameters, scaling
+    from n2gnn.bench import claims, format_table, parameters, plot_scaling, scaling
 
-    _device(args.device)
-    repeats = args.repeats or (3 if args.quick else 5)
-    sc = scaling(quick=args.quick, repeats=repeats, memory=not args.no_memory)
+    device = _device(args.device)
+    sc = scaling(quick=args.quick, repeats=args.repeats, memory=not args.no_memory,
+                 device=device, rss=not args.quick, show_progress=True)  # fmt: skip
     params = parameters()
-    if args.no_memory:
-        cl, checks = [], {}
-    else:
-        cl, checks = claims(sc, params)
+    cl, checks = ([], {}) if args.no_memory else claims(sc, params)
     print(format_table(sc, params, checks))
+    plots = plot_scaling(sc, args.out)
     path = write_result(
         args.out,
         package=PROG,
         command="bench",
         dataset="synthetic random graphs (avg degree 10, 32 features)",
-        metrics={"scaling": sc, "parameters": params, "checks": checks},
-        config={"quick": args.quick, "repeats": repeats},
-        device="cpu",
+        metrics={
+            "scaling": sc,
+            "parameters": params,
+            "checks": checks,
+            "plots": [p.name for p in plots],
+        },
+        config={"quick": args.quick, "repeats": args.repeats, "widths": sc["widths"]},
+        device=device,
         seed=args.seed,
         claims=cl,
-        timings={"n2_seconds": {n: r["seconds"] for n, r in sc["n2"].items()}},
-        memory={"n2_peak_bytes": {n: r.get("peak_bytes") for n, r in sc["n2"].items()}},
+        timings={k: {n: r["seconds"] for n, r in sc[k].items()} for k in ("n2", "dense")},
+        memory={k: {n: r.get("peak_bytes") for n, r in sc[k].items()} for k in ("n2", "dense")},
     )
-    print(f"wrote {path}")
+    print(f"wrote {path}" + "".join(f", {p}" for p in plots))
     return 0
 
 

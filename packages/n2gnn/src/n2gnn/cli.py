@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--full",
         action="store_true",
-        help="the spec's protocol: 3 seeds × 300 epochs, 2 graph seeds",
+        help="the spec's N² widths (d=128, q=64, np=128; about 4× the CPU time of the default)",
     )
     demo.add_argument(
         "--seeds",
@@ -212,7 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args) -> int:
     from dataclasses import replace
 
-    from n2gnn.demo import FULL, DemoConfig, check_thresholds, format_tables, graph_task, node_task
+    from n2gnn.demo import (
+        FULL,
+        DemoConfig,
+        check_thresholds,
+        format_tables,
+        graph_task,
+        node_task,
+        plot_results,
+    )
 
     cfg = FULL if args.full else DemoConfig()
     over = {"seeds": args.seeds, "node_epochs": args.node_epochs, "graph_epochs": args.graph_epochs}
@@ -225,17 +233,18 @@ def _demo(args) -> int:
     graph = graph_task(cfg, args.seed)
     checks = check_thresholds(node, graph)
     print(format_tables(node, graph, checks))
+    plots = plot_results(node, graph, args.out)
     path = write_result(
         args.out,
         package=PROG,
         command="demo",
         dataset="synthetic: SBM heterophily (4×750 nodes) + majority-colour ER graphs",
-        metrics={"node": node, "graph": graph, "checks": checks},
-        config=cfg.__dict__,
+        metrics={"node": node, "graph": graph, "checks": checks, "plots": [p.name for p in plots]},
+        config={**cfg.__dict__, "node_widths": cfg.node_widths, "graph_widths": cfg.graph_widths},
         device=cfg.device,
         seed=args.seed,
     )
-    print(f"wrote {path}")
+    print(f"wrote {path}" + "".join(f", {p}" for p in plots))
     return 0
 
 
@@ -300,13 +309,14 @@ def _graph_splits(ds, p, fold: int, seed: int):
 def _train(args) -> int:
     import torch
 
+    from labcore import dist
     from n2gnn import _validate as check
     from n2gnn.checkpoint import save_checkpoint
     from n2gnn.datasets import load_graph_dataset, load_node_dataset, preset
     from n2gnn.model import N2Graph, N2Node
-    from n2gnn.train import FitConfig, fit_graph, fit_node
+    from n2gnn.train import FitConfig, fit_graph, fit_node, graph_loaders, require_single_process
 
-    # values from --config skip argparse's types: check everything before any work
+    # values from --config are checked like flags; the Python API checks the same here
     FitConfig(args.epochs, args.lr, args.weight_decay, args.patience, args.num_parts)
     if args.batch_size is not None:
         check.integer("batch_size", args.batch_size)
@@ -314,128 +324,164 @@ def _train(args) -> int:
         check.integer("fold", args.fold, minimum=0)
     p = preset(args.dataset)
     root = _root(args.root)
-    device = _device(args.device)
+    state = dist.init(args.device)  # torchrun: process group, cuda:LOCAL_RANK; else a no-op
+    device = state.device
+    dist.check_precision(args.precision, device)
     fold = args.fold if args.fold is not None else (1 if p.split == "official" else 0)
-    if p.level == "node":
-        data = load_node_dataset(args.dataset, root, seed=args.seed, fold=fold)
-        out_ch = int(data.y.max()) + 1 if p.task != "multilabel" else data.y.size(-1)
-        edge_dim = data.edge_attr.size(-1) if data.edge_attr is not None else None
-        cfg = _model_config(args, p, data.num_features, out_ch, edge_dim)
-        model = N2Node(cfg).to(device)
-        res = fit_node(
-            model,
-            data,
-            task=p.task,
-            metric=p.metric,
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            patience=args.patience,
-            num_parts=args.num_parts,
+    try:
+        if p.level == "node":
+            require_single_process(f"{args.dataset}: full-graph node classification")
+            data = load_node_dataset(args.dataset, root, seed=args.seed, fold=fold)
+            out_ch = int(data.y.max()) + 1 if p.task != "multilabel" else data.y.size(-1)
+            edge_dim = data.edge_attr.size(-1) if data.edge_attr is not None else None
+            cfg = _model_config(args, p, data.num_features, out_ch, edge_dim)
+            model = N2Node(cfg).to(device)
+            res = fit_node(
+                model,
+                data,
+                task=p.task,
+                metric=p.metric,
+                epochs=args.epochs,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                patience=args.patience,
+                num_parts=args.num_parts,
+                seed=args.seed,
+                precision=args.precision,
+            )
+        else:
+            ds = load_graph_dataset(args.dataset, root)
+            tr, va, te = _graph_splits(ds, p, fold, args.seed)
+            out_ch = ds.num_tasks if p.task == "multilabel" else ds.num_classes
+            edge_dim = ds[0].edge_attr.size(-1) if ds[0].edge_attr is not None else None
+            cfg = _model_config(args, p, ds.num_features, out_ch, edge_dim)
+            model = N2Graph(cfg).to(device)  # same seed on every rank; DDP broadcasts rank 0's
+            bs = args.batch_size or p.batch_size
+            loaders = graph_loaders(
+                ds[torch.as_tensor(tr)],
+                ds[torch.as_tensor(va)],
+                ds[torch.as_tensor(te)],
+                batch_size=bs,
+                seed=args.seed,
+            )
+            res = fit_graph(
+                model,
+                *loaders,
+                task=p.task,
+                metric=p.metric,
+                epochs=args.epochs,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                patience=args.patience,
+                precision=args.precision,
+            )
+        if dist.is_main():
+            args.out.mkdir(parents=True, exist_ok=True)
+            ckpt = save_checkpoint(
+                args.out / f"n2gnn_{args.dataset}.pt",
+                dataset=args.dataset,
+                level=p.level,
+                config=cfg.as_dict(),
+                state_dict=model.state_dict(),
+                seed=args.seed,
+                fold=fold,
+                num_parts=args.num_parts,
+            )
+            print(
+                f"{args.dataset}: best epoch {res.best_epoch}, val {p.metric} "
+                f"{res.val_metric:.4f}, test {p.metric} {res.test_metric:.4f} "
+                f"({res.seconds:.0f} s); checkpoint {ckpt}"
+            )
+        write_result(
+            args.out,
+            package=PROG,
+            command="train",
+            dataset=args.dataset,
+            metrics=res.as_dict(),
+            config={
+                **cfg.as_dict(),
+                "fold": fold,
+                "batch_size": args.batch_size,
+                "precision": args.precision,
+            },
+            device=device,
             seed=args.seed,
+            timings={"train_seconds": res.seconds},
         )
-    else:
-        from torch_geometric.loader import DataLoader
-
-        ds = load_graph_dataset(args.dataset, root)
-        tr, va, te = _graph_splits(ds, p, fold, args.seed)
-        out_ch = ds.num_tasks if p.task == "multilabel" else ds.num_classes
-        edge_dim = ds[0].edge_attr.size(-1) if ds[0].edge_attr is not None else None
-        cfg = _model_config(args, p, ds.num_features, out_ch, edge_dim)
-        model = N2Graph(cfg).to(device)
-        bs = args.batch_size or p.batch_size
-        loaders = (
-            DataLoader(ds[torch.as_tensor(tr)], bs, shuffle=True),
-            DataLoader(ds[torch.as_tensor(va)], bs),
-            DataLoader(ds[torch.as_tensor(te)], bs),
-        )
-        res = fit_graph(
-            model,
-            *loaders,
-            task=p.task,
-            metric=p.metric,
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            patience=args.patience,
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = save_checkpoint(
-        args.out / f"n2gnn_{args.dataset}.pt",
-        dataset=args.dataset,
-        level=p.level,
-        config=cfg.as_dict(),
-        state_dict=model.state_dict(),
-        seed=args.seed,
-        fold=fold,
-        num_parts=args.num_parts,
-    )
-    print(
-        f"{args.dataset}: best epoch {res.best_epoch}, val {p.metric} {res.val_metric:.4f}, "
-        f"test {p.metric} {res.test_metric:.4f} ({res.seconds:.0f} s); checkpoint {ckpt}"
-    )
-    write_result(
-        args.out,
-        package=PROG,
-        command="train",
-        dataset=args.dataset,
-        metrics=res.as_dict(),
-        config={**cfg.as_dict(), "fold": fold},
-        device=device,
-        seed=args.seed,
-        timings={"train_seconds": res.seconds},
-    )
+        dist.barrier()
+    finally:
+        dist.shutdown()
     return 0
 
 
 def _evaluate(args) -> int:
     import torch
 
+    from labcore import dist
     from n2gnn.checkpoint import read_checkpoint
     from n2gnn.datasets import load_graph_dataset, load_node_dataset, preset
     from n2gnn.model import N2Config, N2Graph, N2Node
-    from n2gnn.train import evaluate_graph, evaluate_node
+    from n2gnn.train import evaluate_graph, evaluate_node, require_single_process
 
     ck = read_checkpoint(args.checkpoint)
     name, cfg = ck["dataset"], N2Config.from_dict(ck["config"])
     p = preset(name)
     root = _root(args.root)
-    device = _device(args.device)
     model = (N2Node if p.level == "node" else N2Graph)(cfg)
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
         msg = " ".join(str(e).split())
         raise UserError(f"checkpoint {args.checkpoint} does not fit its config: {msg}") from None
+    state = dist.init(args.device)
+    device = state.device
+    dist.check_precision(args.precision, device)
     model.to(device)
-    if p.level == "node":
-        data = load_node_dataset(name, root, seed=ck["seed"], fold=ck["fold"])
-        loss, metric = evaluate_node(
-            model,
-            data,
-            data.test_mask,
-            task=p.task,
-            metric=p.metric,
-            num_parts=ck.get("num_parts", 1),
-        )
-    else:
-        from torch_geometric.loader import DataLoader
+    try:
+        if p.level == "node":
+            require_single_process(f"{name}: full-graph node evaluation")
+            data = load_node_dataset(name, root, seed=ck["seed"], fold=ck["fold"])
+            loss, metric = evaluate_node(
+                model,
+                data,
+                data.test_mask,
+                task=p.task,
+                metric=p.metric,
+                num_parts=ck.get("num_parts", 1),
+                precision=args.precision,
+            )
+        else:
+            from torch.utils.data import Subset
+            from torch_geometric.loader import DataLoader
 
-        ds = load_graph_dataset(name, root)
-        _, _, te = _graph_splits(ds, p, ck["fold"], ck["seed"])
-        loader = DataLoader(ds[torch.as_tensor(te)], p.batch_size)
-        loss, metric = evaluate_graph(model, loader, task=p.task, metric=p.metric)
-    print(f"{name}: test loss {loss:.4f}, test {p.metric} {metric:.4f}")
-    write_result(
-        args.out,
-        package=PROG,
-        command="evaluate",
-        dataset=name,
-        metrics={"test_loss": loss, f"test_{p.metric}": metric},
-        config={"checkpoint": str(args.checkpoint), **ck["config"]},
-        device=device,
-        seed=ck["seed"],
-    )
+            ds = load_graph_dataset(name, root)
+            _, _, te = _graph_splits(ds, p, ck["fold"], ck["seed"])
+            test = ds[torch.as_tensor(te)]
+            if dist.world_size() > 1:  # a strided shard per rank, outputs gathered to score
+                test = Subset(test, dist.shard(len(test)).tolist())
+            loader = DataLoader(test, p.batch_size)
+            loss, metric = evaluate_graph(
+                model, loader, task=p.task, metric=p.metric, precision=args.precision
+            )
+        if dist.is_main():
+            print(f"{name}: test loss {loss:.4f}, test {p.metric} {metric:.4f}")
+        write_result(
+            args.out,
+            package=PROG,
+            command="evaluate",
+            dataset=name,
+            metrics={"test_loss": loss, f"test_{p.metric}": metric},
+            config={
+                "checkpoint": str(args.checkpoint),
+                "precision": args.precision,
+                **ck["config"],
+            },
+            device=device,
+            seed=ck["seed"],
+        )
+        dist.barrier()
+    finally:
+        dist.shutdown()
     return 0
 
 

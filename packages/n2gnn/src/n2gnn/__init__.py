@@ -9,7 +9,7 @@ from n2gnn.model import N2Config, N2Graph, N2Node, official_parameter_count
 from n2gnn.official import from_official_state_dict, load_official, to_official_state_dict
 from n2gnn.proximity import Proximity
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "NL",

@@ -397,7 +397,7 @@ def _train(args) -> int:
             package=PROG,
             command="train",
             dataset=args.dataset,
-            metrics=res.as_dict(),
+            metrics={**res.as_dict(), "val_loss_curve": [h["val_loss"] for h in res.history]},
             config={
                 **cfg.as_dict(),
                 "fold": fold,

@@ -6,9 +6,10 @@
 
 from n2gnn.cell import NL, N2Cell
 from n2gnn.model import N2Config, N2Graph, N2Node, official_parameter_count
+from n2gnn.official import from_official_state_dict, load_official, to_official_state_dict
 from n2gnn.proximity import Proximity
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "NL",
@@ -18,5 +19,8 @@ __all__ = [
     "N2Node",
     "Proximity",
     "__version__",
+    "from_official_state_dict",
+    "load_official",
     "official_parameter_count",
+    "to_official_state_dict",
 ]

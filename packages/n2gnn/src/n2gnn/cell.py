@@ -145,7 +145,8 @@ class N2Cell(nn.Module):
 
         # (b) local message passing with Â over the padded index space
         Z = torch.cat([M, M_g, Q], dim=-1)
-        M_loc = torch.sparse.mm(adj, Z.reshape(B * n, -1)).view(B, n, -1)
+        with torch.autocast(Z.device.type, enabled=False):  # sparse Â·Z in fp32 (any precision)
+            M_loc = torch.sparse.mm(adj, Z.reshape(B * n, -1).float()).view(B, n, -1)
         Q_hat = self.norm_state1(Q + self.local(M_loc)) * mask3
 
         # (c) global message passing through the moved pseudo nodes

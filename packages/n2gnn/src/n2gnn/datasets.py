@@ -95,7 +95,12 @@ DEGREE_FEATURES = {"COLLAB", "IMDB-BINARY", "IMDB-MULTI"}  # one-hot degree, as 
 
 
 def _offline(cls):
-    """``cls`` with ``download`` replaced by a clear error naming the expected raw files."""
+    """``cls`` that never downloads and reports unreadable files as one ``UserError``.
+
+    A missing raw file names the files expected; an empty, truncated, corrupt or undecodable raw
+    file is named with what is wrong with it; an unreadable processed file is named with the
+    folder to delete so it is rebuilt from the raw files.
+    """
 
     def download(self):
         raise UserError(
@@ -103,7 +108,130 @@ def _offline(cls):
             "(n2gnn never downloads; place the dataset there in PyG's layout)"
         )
 
-    return type(cls.__name__, (cls,), {"download": download, "process": cls.process})
+    def process(self):
+        for raw in _raw_files(self):  # cheap check first: an empty file may "process" fine
+            if raw.stat().st_size == 0:
+                raise UserError(f"empty file: {raw}")
+        try:
+            cls.process(self)
+        except UserError:
+            raise
+        except Exception as e:  # whatever the reader raised: find the file to name
+            raise UserError(_diagnose_raw(self, e)) from None
+
+    def __init__(self, *args, **kwargs):
+        try:
+            cls.__init__(self, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(_diagnose_processed(self, e)) from None
+
+    return type(
+        cls.__name__, (cls,), {"download": download, "process": process, "__init__": __init__}
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _check_text_numbers(path: Path) -> str | None:
+    """Why a TU-style text file of comma/space separated numbers cannot be read, or None."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text: {path} (byte {e.start})"
+    for i, line in enumerate(text.splitlines()):
+        try:
+            [float(t) for t in line.replace(",", " ").split()]
+        except ValueError:
+            return f"{path} line {i + 1} is not numbers: {line[:40]!r}"
+    return None
+
+
+def _check_raw_file(path: Path) -> str | None:
+    """Why one raw file cannot be read (empty, truncated, corrupt, undecodable), or None."""
+    import pickle
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return f"empty file: {path}"
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for key in z.files:
+                    z[key]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            return f"cannot read {path}: corrupt or truncated .npz ({_first_line(e)})"
+        return None
+    if path.suffix == ".txt" or path.name.endswith(".index"):
+        return _check_text_numbers(path)
+    if path.name.startswith("ind."):  # Planetoid's pickled arrays
+        try:
+            with path.open("rb") as f:
+                pickle.load(f, encoding="latin1")  # as PyG's own reader does
+        except Exception as e:
+            return f"cannot unpickle {path}: corrupt or truncated ({_first_line(e)})"
+    return None
+
+
+def _raw_files(ds) -> list[Path]:
+    """The raw files a dataset names, then any others in its raw folder (TU's optional files)."""
+    named = [Path(p) for p in getattr(ds, "raw_paths", [])]
+    raw_dir = Path(getattr(ds, "raw_dir", "") or ".")
+    others = sorted(raw_dir.iterdir()) if raw_dir.is_dir() else []
+    files = named + [p for p in others if p not in named]
+    return [p for p in files if p.is_file()]
+
+
+def _diagnose_raw(ds, error: BaseException) -> str:
+    for path in _raw_files(ds):
+        why = _check_raw_file(path)
+        if why:
+            return why
+    where = getattr(ds, "raw_dir", "?")
+    return f"cannot read the raw files in {where}: {_first_line(error)}"
+
+
+def _diagnose_processed(ds, error: BaseException) -> str:
+    from torch_geometric.io import fs
+
+    for p in getattr(ds, "processed_paths", []):
+        path = Path(p)
+        if path.is_file():
+            try:
+                fs.torch_load(str(path))
+            except Exception as e:
+                return (
+                    f"cannot read processed file {path} ({_first_line(e)}); delete "
+                    f"{path.parent} to rebuild it from the raw files"
+                )
+    where = getattr(ds, "root", "?")
+    return f"cannot load {type(ds).__name__} from {where}: {_first_line(error)}"
+
+
+def check_node_data(data: Data, where: str) -> Data:
+    """Shapes of a node-level graph: ``UserError`` naming ``where`` when they do not fit."""
+    n = data.num_nodes
+    if data.x is None or data.x.dim() != 2 or data.x.size(0) != n:
+        raise UserError(f"{where}: node features must be (num_nodes, F)")
+    if data.y is None or data.y.size(0) != n:
+        got = None if data.y is None else tuple(data.y.shape)
+        raise UserError(f"{where}: labels must have one row per node ({n}), got {got}")
+    ei = data.edge_index
+    if ei.dim() != 2 or ei.size(0) != 2:
+        raise UserError(f"{where}: edge_index must be (2, E), got {tuple(ei.shape)}")
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
+        raise UserError(f"{where}: edges refer to node {int(ei.max())} but there are {n} nodes")
+    for name in ("train_mask", "val_mask", "test_mask"):
+        m = getattr(data, name)
+        if m.dim() != 1 or m.size(0) != n:
+            raise UserError(f"{where}: {name} must have one entry per node ({n})")
+        if not m.any():
+            raise UserError(f"{where}: {name} selects no node")
+    return data
 
 
 def _masks(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -128,18 +256,22 @@ def load_node_dataset(name: str, root: str | Path, *, seed: int = 42, fold: int 
         data = D.KarateClub()[0]
         return Data(x=data.x, edge_index=data.edge_index, y=data.y, **_masks(data.num_nodes, seed))
     if p.loader == "ogbn":
-        return _load_ogbn(p.pyg_name, root)
+        return check_node_data(_load_ogbn(p.pyg_name, root), f"{root}/{p.pyg_name}")
     cls = {
         "planetoid": D.Planetoid,
         "amazon": D.Amazon,
         "coauthor": D.Coauthor,
         "heterophilous": D.HeterophilousGraphDataset,
     }[p.loader]
-    data = _offline(cls)(root, p.pyg_name)[0]
+    ds = _offline(cls)(root, p.pyg_name)
+    data, where = ds[0], ds.raw_dir
     if p.split == "official":
-        if not 0 <= fold < data.train_mask.size(1):
-            raise UserError(f"fold must be in [0, {data.train_mask.size(1) - 1}], got {fold}")
-        return Data(
+        masks = data.train_mask
+        if masks is None or masks.dim() != 2:
+            raise UserError(f"{where}: expected (num_nodes, splits) masks for the official splits")
+        if not 0 <= fold < masks.size(1):
+            raise UserError(f"fold must be in [0, {masks.size(1) - 1}], got {fold}")
+        out = Data(
             x=data.x,
             edge_index=data.edge_index,
             y=data.y,
@@ -147,7 +279,9 @@ def load_node_dataset(name: str, root: str | Path, *, seed: int = 42, fold: int 
             val_mask=data.val_mask[:, fold],
             test_mask=data.test_mask[:, fold],
         )
-    return Data(x=data.x, edge_index=data.edge_index, y=data.y, **_masks(data.num_nodes, seed))
+    else:
+        out = Data(x=data.x, edge_index=data.edge_index, y=data.y, **_masks(data.num_nodes, seed))
+    return check_node_data(out, where)
 
 
 def load_graph_dataset(name: str, root: str | Path):
@@ -162,9 +296,22 @@ def load_graph_dataset(name: str, root: str | Path):
     if p.loader == "ogbg":
         return _load_ogbg(p.pyg_name, str(root))
     ds = _offline(D.TUDataset)(str(root), p.pyg_name)
-    if name in DEGREE_FEATURES or ds.num_features == 0:
-        max_deg = max(int(degree(g.edge_index[0], g.num_nodes).max(initial=0)) for g in ds)
-        ds.transform = OneHotDegree(max_deg)
+    where = ds.raw_dir
+    try:
+        if len(ds) == 0:
+            raise UserError(f"{where}: the dataset holds no graphs")
+        y = ds._data.y
+        if y is None or y.size(0) != len(ds):
+            got = 0 if y is None else y.size(0)
+            raise UserError(f"{where}: {got} graph labels for {len(ds)} graphs")
+        if name in DEGREE_FEATURES or ds.num_features == 0:
+            max_deg = max(int(degree(g.edge_index[0], g.num_nodes).max(initial=0)) for g in ds)
+            ds.transform = OneHotDegree(max_deg)
+        ds[0], ds[len(ds) - 1]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{where}: inconsistent dataset files ({_first_line(e)})") from None
     return ds
 
 

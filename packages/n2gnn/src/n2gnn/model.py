@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import add_remaining_self_loops, scatter, to_dense_batch
 
+from labcore.cli import UserError
+from n2gnn import _validate as check
 from n2gnn.cell import NL, N2Cell
 from n2gnn.proximity import Proximity
 
@@ -33,6 +35,23 @@ class N2Config:
     residual: Literal["code", "paper"] = "code"  # where NL sits in the final update
     global_mp: bool = True  # ablation: False zeroes M_gl
     node_to_pseudo: bool = True  # ablation: False cuts node→pseudo pathways
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "hidden", "state", "pieces", "num_pseudo",
+                     "num_steps"):  # fmt: skip
+            check.integer(name, getattr(self, name))
+        if self.edge_dim is not None:
+            check.integer("edge_dim", self.edge_dim)
+        check.real("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        check.integer("class_pieces", self.class_pieces)
+        if self.class_pieces not in (1, self.pieces):
+            raise UserError(
+                f"class_pieces must be 1 or pieces={self.pieces}, got {self.class_pieces}"
+            )
+        if self.clip is not None:
+            check.real("clip", self.clip, low=0.0, low_open=True)
+        if self.residual not in ("code", "paper"):
+            raise UserError(f"residual must be 'code' or 'paper', got {self.residual!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,10 +104,6 @@ class _N2Base(nn.Module):
     def __init__(self, config: N2Config):
         super().__init__()
         c = config
-        if c.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {c.num_steps}")
-        if c.class_pieces not in (1, c.pieces):
-            raise ValueError(f"class_pieces must be 1 or pieces={c.pieces}, got {c.class_pieces}")
         self.config = c
         d_in = c.in_channels + (c.edge_dim or 0)
         self.encode_state = NL(d_in, c.state, c.dropout)
@@ -120,26 +135,24 @@ class _N2Base(nn.Module):
     def _check(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> None:
         c = self.config
         if x.dim() != 2 or x.size(1) != c.in_channels:
-            raise ValueError(
-                f"x must have shape (num_nodes, {c.in_channels}), got {tuple(x.shape)}"
-            )
+            raise UserError(f"x must have shape (num_nodes, {c.in_channels}), got {tuple(x.shape)}")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+            raise UserError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
         if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= x.size(0)):
-            raise ValueError(
+            raise UserError(
                 f"edge_index refers to node {int(edge_index.max())} but x has {x.size(0)} nodes"
                 if edge_index.max() >= x.size(0)
                 else "edge_index has negative node indices"
             )
         if (c.edge_dim is None) != (edge_attr is None):
-            raise ValueError(
+            raise UserError(
                 f"the model was built with edge_dim={c.edge_dim} but edge_attr is "
                 f"{'missing' if edge_attr is None else 'given'}"
             )
         if edge_attr is not None:
             width = 1 if edge_attr.dim() == 1 else edge_attr.size(-1)
             if edge_attr.size(0) != edge_index.size(1) or width != c.edge_dim:
-                raise ValueError(
+                raise UserError(
                     f"edge_attr must have shape ({edge_index.size(1)}, {c.edge_dim}), "
                     f"got {tuple(edge_attr.shape)}"
                 )

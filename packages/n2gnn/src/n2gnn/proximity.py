@@ -59,9 +59,9 @@ class Proximity(nn.Module):
         else:
             psi = self.weight.mean() * (X @ Y.transpose(-1, -2)) / q
         if self.clip is not None:
-            with torch.no_grad():
-                row = psi.sum(-1, keepdim=True).abs()
-                scale = (self.clip / row).clamp(max=1.0)
+            with torch.no_grad():  # the row sums in fp32, also under bf16/fp16 autocast
+                row = psi.float().sum(-1, keepdim=True).abs()
+                scale = (self.clip / row).clamp(max=1.0).to(psi.dtype)
             psi = psi * scale
         return psi
 

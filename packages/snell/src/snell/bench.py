@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from snell.config import SnellConfig
+from snell.layer import SnellLinear, _split_drop_path
 from snell.model import get_snell_model
 from snell.sparse_baseline import StoredIndexSparse, select_gradient_masks
 from snell.training import make_optimizer
@@ -44,6 +45,7 @@ __all__ = [
     "expected_static_bytes",
     "measure",
     "memory_checks",
+    "qkv_layer_memory",
     "train_steps",
     "training_step",
 ]
@@ -261,3 +263,104 @@ def memory_checks(rows: dict, batch_sizes: list[int]) -> tuple[list[dict], list]
                 )
             )
     return checks, claims
+
+
+# ------------------------------------------------------------------------------ one q|k|v layer
+QKV_LAYOUTS = ("fused", "joint_0.2", "official")
+
+
+def _qkv_layouts(width: int, seed: int = 0) -> dict:
+    """The three ways to run one q|k|v adapter with equal parameters (a forward callable each).
+
+    * ``fused``: this package's ``SnellLinear`` over timm's fused ``attn.qkv`` (splits run one
+      after another, each in its own checkpoint, added into the base output in place);
+    * ``joint_0.2``: snell 0.2.0's forward of the same layer: the three ΔW, their distances and
+      gates computed at once in one checkpoint, then added;
+    * ``official``: the official code's layout, three separate n x n linears with their own
+      adapters and checkpoints, fed the same dropped copy of the input; returns (q, k, v).
+    """
+    torch.manual_seed(seed)
+    cfg = SnellConfig(r=8, sparsity=SPARSITY)
+    fused = SnellLinear(nn.Linear(width, 3 * width), cfg, splits=3).train()
+    sep = []
+    for s in range(3):
+        layer = SnellLinear(nn.Linear(width, width), cfg, dropout=0.0).train()
+        with torch.no_grad():
+            rows = slice(s * width, (s + 1) * width)
+            layer.base_layer.weight.copy_(fused.base_layer.weight[rows])
+            layer.base_layer.bias.copy_(fused.base_layer.bias[rows])
+            for name in ("snell_A", "snell_B", "snell_alpha"):
+                getattr(layer, name)["default"].copy_(getattr(fused, name)["default"][s : s + 1])
+        sep.append(layer)
+    p_drop, p_path = cfg.adapter_dropout, cfg.adapter_drop_path
+
+    def joint(x):
+        A, B, alpha = fused._factors("default")
+        xd = nn.functional.dropout(x, p_drop, True)
+        d = torch.utils.checkpoint.checkpoint(fused._delta_output, xd, A, B, alpha,
+                                              use_reentrant=False)  # fmt: skip
+        return fused.base_layer(x) + _split_drop_path(d, p_path, 3, True)
+
+    def official(x):
+        xd = nn.functional.dropout(x, p_drop, True)
+        outs = []
+        for layer in sep:
+            d = layer._checkpointed(True, xd, *layer._factors("default"))
+            outs.append(layer.base_layer(x) + _split_drop_path(d, p_path, 1, True))
+        return tuple(outs)
+
+    params = {
+        "fused": list(fused.parameters()),
+        "joint_0.2": list(fused.parameters()),
+        "official": [p for layer in sep for p in layer.parameters()],
+    }
+    return {"fused": fused, "joint_0.2": joint, "official": official}, params
+
+
+def _fwd_bwd(fn, x: torch.Tensor) -> None:
+    out = fn(x)
+    out = out if isinstance(out, tuple) else (out,)
+    sum(o.sum() for o in out).backward()
+
+
+def qkv_layer_memory(
+    width: int = 768, batch: int = 8, tokens: int = 197, repeats: int = 5, seed: int = 0
+) -> dict:
+    """Live peak (``TensorMemoryTracker``) and step time of one forward + backward of a q|k|v
+    adapter layer (r = 8, s = 0.9) in each of :data:`QKV_LAYOUTS`, on an input of
+    (batch, tokens, width) that requires grad (as inside a network).
+
+    Returns ``{layout: {"peak_bytes", "time_s"}}``; ``time_s`` is the median over ``repeats``
+    rounds, the layouts interleaved within each round so that machine load hits them alike.
+    """
+    from labcore.memory import TensorMemoryTracker
+
+    fns, params = _qkv_layouts(width, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, tokens, width, generator=g).requires_grad_(True)
+
+    def clear():
+        x.grad = None
+        for ps in params.values():
+            for p in ps:
+                p.grad = None
+
+    out = {}
+    for name, fn in fns.items():
+        _fwd_bwd(fn, x)  # warm-up (allocations of first calls)
+        clear()
+        with TensorMemoryTracker("cpu" if x.device.type == "cpu" else x.device) as mem:
+            _fwd_bwd(fn, x)
+        clear()
+        out[name] = {"peak_bytes": mem.peak_bytes, "times": []}
+    import time
+
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            _fwd_bwd(fn, x)
+            out[name]["times"].append(time.perf_counter() - t0)
+            clear()
+    for row in out.values():
+        row["time_s"] = float(sorted(row["times"])[len(row["times"]) // 2])
+    return out

@@ -13,7 +13,7 @@ from snell.kernels import gate_delta, kernel_delta, magnitude_threshold
 from snell.layer import SnellLinear
 from snell.model import SnellModel, from_pretrained, get_snell_model, mark_only_adapters_trainable
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "SnellConfig",

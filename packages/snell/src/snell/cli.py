@@ -106,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", parents=[common], help="digits pretrain -> transfer experiment")
-    d.add_argument("--seeds", type=positive_int, default=1, help="seeds per method")
-    d.add_argument("--epochs", type=positive_int, default=30, help="transfer epochs")
-    d.add_argument("--pretrain-epochs", type=positive_int, default=30,
-                   help="stand-in pretraining epochs")  # fmt: skip
+    d.add_argument("--seeds", type=positive_int, default=3, help="seeds per method")
+    d.add_argument("--epochs", type=positive_int, default=None,
+                   help="transfer epochs (None: the arch's, small 200, spec 50)")  # fmt: skip
+    d.add_argument("--batch-size", type=positive_int, default=None,
+                   help="transfer batch (None: the arch's, small 16, spec 32)")  # fmt: skip
+    d.add_argument("--pretrain-epochs", type=positive_int, default=None,
+                   help="stand-in pretraining epochs (None: the arch's protocol, 30)")  # fmt: skip
     d.add_argument("--arch", default="small", choices=["small", "spec"],
                    help="stand-in ViT: 'small' (the right-sized default) or 'spec' "
                         "(patch 4, dim 192, depth 6: slow on CPU)")  # fmt: skip
@@ -173,19 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------ demo
 def cmd_demo(args, device: torch.device) -> int:
-    from labcore.runs import Claim, Timer, write_result
-    from snell.demo import METHODS, DemoSettings, acceptance, format_table, run_demo
+    from dataclasses import asdict
 
-    methods = tuple(args.methods or METHODS)
-    bad = set(methods) - set(METHODS)
-    if bad:
-        raise UserError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
+    from labcore.runs import Claim, Timer, write_result
+    from snell.demo import METHODS, DemoSettings, acceptance, format_table, plot_demo, run_demo
+
     settings = DemoSettings(
         arch=args.arch,
         seeds=args.seeds,
         epochs=args.epochs,
+        batch_size=args.batch_size,
         pretrain_epochs=args.pretrain_epochs,
-        methods=methods,
+        methods=tuple(args.methods or METHODS),
     )
     with Timer(device) as timer:
         res = run_demo(settings, args.out, device, seed=args.seed)
@@ -196,15 +198,16 @@ def cmd_demo(args, device: torch.device) -> int:
         print(f"{k}: {'met' if v else 'MISSED'}")
     r = res["results"]
     claims = []
+    if "linear_probe" in r and len(r) > 1:
+        probe = r["linear_probe"]["test_mean"]
+        margin = min(100 * (v["test_mean"] - probe) for m, v in r.items() if m != "linear_probe")
+        claims.append(Claim("A1 every adapter method - linear probe, test top-1 (stand-in)",
+                            "min_margin_pts", margin, None, "pts", threshold=5.0))  # fmt: skip
     if "snell8" in r and "lora8" in r:
-        claims.append(
-            Claim(
-                "SNELL-8 >= LoRA-8 - 2 pts on digits transfer (stand-in)",
-                "test_top1",
-                r["snell8"]["test_mean"],
-                r["lora8"]["test_mean"],
-            )
-        )
+        diff = 100 * (r["snell8"]["test_mean"] - r["lora8"]["test_mean"])
+        claims.append(Claim("A2 SNELL-8 - LoRA-8, test top-1 (stand-in)", "diff_pts", diff,
+                            None, "pts", threshold=-2.0))  # fmt: skip
+    plots = plot_demo(res, args.out)
     path = write_result(
         args.out,
         package=PACKAGE,
@@ -212,12 +215,12 @@ def cmd_demo(args, device: torch.device) -> int:
         dataset="sklearn-digits 0-4 -> shifted 5-9",
         metrics={"source_acc": res["source_acc"], "results": r, "acceptance": checks},
         timings={"total_s": timer.elapsed},
-        config=vars(settings),
+        config=asdict(settings),
         device=device,
         seed=args.seed,
         claims=claims,
     )
-    print(f"wrote {path}")
+    print(f"wrote {path} and {', '.join(str(p) for p in plots)} ({timer.elapsed:.0f} s)")
     return 0
 
 
@@ -311,45 +314,49 @@ def cmd_evaluate(args) -> int:
 
 # ------------------------------------------------------------------------------ bench
 def cmd_bench(args, device: torch.device) -> int:
-    from labcore.cli import progress
-    from labcore.runs import Timer, write_result
-    from snell.bench import CONFIGS, MB, measure, memory_checks
+    from dataclasses import asdict
 
-    batches = [2] if args.quick else [8, 2]
-    rows = {}
+    from labcore.runs import Timer, write_result
+    from snell.bench import FULL, QUICK, plot_peaks, run_bench
+
+    scale = QUICK if args.quick else FULL
     with Timer(device) as timer:
-        for name in progress(CONFIGS, desc="configs"):
-            rows[name] = measure(name, batches, device, peak=not args.no_peak, loop=args.loop)
-            print(
-                f"{name}: "
-                + ", ".join(f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if "bytes" in k),
-                flush=True,
-            )
-    checks, claims = memory_checks(rows, batches)
-    for c in checks:
-        print(
-            f"{c['id']} {c['what']}: {c['value']:.3f} vs {c['threshold']:.3f} -> "
-            f"{'met' if c['met'] else 'MISSED'}"
-        )
+        res = run_bench(scale, device, peak=not args.no_peak, loop=args.loop,
+                        log=lambda line: print(line, flush=True))  # fmt: skip
+    for c in res["claims"]:
+        verdict = "met" if c.met else "MISSED"
+        print(f"{c.claim}: {c.value:.4g} vs {'<=' if not c.higher_is_better else '>='} "
+              f"{c.threshold:.4g} {c.unit} -> {verdict}")  # fmt: skip
     peak_kind = (
         "cuda max_memory_allocated"
         if device.type == "cuda"
-        else "CPU live tensor bytes (labcore TensorMemoryTracker); peak RSS beside it"
+        else "CPU live tensor bytes (labcore TensorMemoryTracker)"
+        + ("; peak RSS beside it" if scale.rss else "")
     )
+    rows = res["rows"]
+    plot = None
+    if not args.no_peak:
+        plot = plot_peaks(rows, scale.batch_sizes, args.out / "snell_bench_peak_memory.png", scale)
     path = write_result(
         args.out,
         package=PACKAGE,
         command="bench",
-        dataset="random 224x224 inputs, ViT-B/16 random init, 100 classes",
-        metrics={"rows": rows, "checks": checks, "peak_kind": peak_kind},
-        memory={k: v.get(f"peak_bytes_b{batches[0]}") for k, v in rows.items()},
+        dataset=f"random {scale.img_size}² inputs, ViT-B/16 width, {scale.depth} blocks, "
+        f"random init, {scale.num_classes} classes",
+        metrics={
+            "rows": rows,
+            "qkv_layer": res["qkv"],
+            "checks": res["checks"],
+            "peak_kind": peak_kind,
+        },
+        memory={k: v.get(f"peak_bytes_b{scale.batch_sizes[0]}") for k, v in rows.items()},
         timings={"total_s": timer.elapsed},
-        config={"batch_sizes": batches, "quick": args.quick, "loop": args.loop},
+        config={"scale": asdict(scale), "quick": args.quick, "loop": args.loop},
         device=device,
         seed=args.seed,
-        claims=claims,
+        claims=res["claims"],
     )
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" and {plot}" if plot else "") + f" ({timer.elapsed:.0f} s)")
     return 0
 
 

@@ -269,17 +269,19 @@ class DigitsTransfer:
         return self.splits[name]
 
 
-def digits_transfer(seed: int = 0, shots: int = 20, n_val: int = 50) -> DigitsTransfer:
+def digits_transfer(
+    seed: int = 0, shots: int = 20, n_val: int = 50, img_size: int = 32
+) -> DigitsTransfer:
     """Stand-in pretraining and transfer data from scikit-learn's shipped digits (offline).
 
     * source: digits 0-4, stratified 80/20 train/test split (for stand-in pretraining);
     * target: digits 5-9 relabelled 0-4, transposed and intensity-inverted (a domain shift);
       ``shots`` training images per class, ``n_val`` validation images, the rest test.
-    Images are (N, 3, 32, 32) in [0, 1].
+    Images are (N, 3, img_size, img_size) in [0, 1].
     """
     from labcore.data import load_digits_images, stratified_split
 
-    X, y = load_digits_images(size=32, channels=3)
+    X, y = load_digits_images(size=img_size, channels=3)
     src = (y < 5).nonzero().squeeze(1)
     tr, te = stratified_split(y[src].numpy(), [0.8, 0.2], seed=0)  # fixed backbone data
     tgt = (y >= 5).nonzero().squeeze(1)

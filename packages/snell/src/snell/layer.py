@@ -149,7 +149,16 @@ class SnellLinear(nn.Module):
             b = B.permute(0, 2, 1, 3).flatten(2)  # (S, m', r)
             xa = torch.einsum("...n,snr->...sr", x, a)
             return torch.einsum("...sr,smr->...sm", xa, b).flatten(-2)
-        return x @ self._gated_delta(A, B, alpha).to(x.dtype)
+        # the kernel distances, the quantile threshold and the gate always run in fp32 (autocast
+        # off; kthvalue on bf16 would tie most magnitudes); only the matmul x·ΔWˢ follows the
+        # surrounding precision
+        with torch.autocast(x.device.type, enabled=False):
+            delta = self._gated_delta(
+                A.float(), B.float(), None if alpha is None else alpha.float()
+            )
+        if torch.is_autocast_enabled(x.device.type):
+            return x @ delta.to(torch.get_autocast_dtype(x.device.type))
+        return x @ delta.to(x.dtype)
 
     def _split(self, s: int, A: Tensor, B: Tensor, alpha: Tensor | None):
         return A[s : s + 1], B[s : s + 1], None if alpha is None else alpha[s : s + 1]

@@ -76,10 +76,11 @@ class BenchScale:
     """The model and batches one bench run measures.
 
     ``FULL`` is the spec's protocol (ViT-B/16: 12 blocks of width 768 at 224², batches 8 and 2,
-    peak RSS beside the tensor peak). ``QUICK`` measures the same claims on the same 768-wide
-    blocks and 224² inputs with 2 blocks instead of 12, no RSS subprocesses and fewer repeats,
-    so it fits ~90 s on 2 cores: per-layer effects (ΔW kept or recomputed, full-size gradients
-    and AdamW state of the 72 → 12 matrices) are the same per block, their sum is 6x smaller.
+    peak RSS beside the tensor peak). ``QUICK`` measures the same claims on a narrower ViT with
+    the same 12 blocks: width 256 (4 heads) at 112² (50 tokens), no RSS subprocesses, fewer
+    repeats, ~1/6 of the work of 2 full-width blocks. It keeps ViT-B's balances roughly: the
+    recomputed ΔW, the weights, their gradients and AdamW state all scale with width², and
+    tokens/width (activations against weights) is 50/256 against 197/768.
     """
 
     name: str
@@ -88,13 +89,20 @@ class BenchScale:
     rss: bool
     qkv_batch: int
     qkv_repeats: int
+    warm_batch: int | None = None  # first (state-creating) step at this batch; None: the same
+    saved_all_batches: bool = True  # saved-for-backward bytes at every batch, or the largest
     width: int = 768
+    num_heads: int = 12
     img_size: int = 224
     num_classes: int = 100
+    qkv_width: int = 768  # the single q|k|v layer of claims Q1/Q2
+    qkv_tokens: int = 197
 
 
 FULL = BenchScale("full", depth=12, batch_sizes=(8, 2), rss=True, qkv_batch=8, qkv_repeats=7)
-QUICK = BenchScale("quick", depth=2, batch_sizes=(8, 2), rss=False, qkv_batch=2, qkv_repeats=3)
+QUICK = BenchScale("quick", depth=12, batch_sizes=(8, 2), rss=False, qkv_batch=2, qkv_repeats=3,
+                   warm_batch=2, saved_all_batches=False, width=256, num_heads=4,
+                   img_size=112)  # fmt: skip
 
 
 def vit_counts(scale: BenchScale = FULL, r: int = 8) -> dict[str, int]:
@@ -133,7 +141,8 @@ def _vit(device, scale: BenchScale = FULL) -> nn.Module:
 
     model = timm.create_model(
         "vit_base_patch16_224", pretrained=False, num_classes=scale.num_classes,
-        drop_path_rate=0.1, depth=scale.depth, img_size=scale.img_size,
+        drop_path_rate=0.1, depth=scale.depth, img_size=scale.img_size, embed_dim=scale.width,
+        num_heads=scale.num_heads,
     )  # fmt: skip
     return model.to(device)
 
@@ -208,8 +217,12 @@ def train_steps(
     """
     model, opt, _ = build_config(name, torch.device(device), scale=scale)
     batch = _batch(batch_size, device, scale=scale)
-    for _ in range(steps):
-        training_step(model, opt, batch, loop)
+    for i in range(steps):
+        # the first step creates the gradients and AdamW's state; its batch size does not change
+        # them, and the peak is the second step's (it holds that state), so quick runs it small
+        warm = i == 0 and scale.warm_batch is not None and steps > 1
+        training_step(model, opt, _batch(scale.warm_batch, device, scale=scale) if warm else batch,
+                      loop)  # fmt: skip
 
 
 def measure(
@@ -240,7 +253,7 @@ def measure(
         "peak_method": method,
         "loop": loop,
     }
-    for b in batch_sizes:
+    for b in batch_sizes if scale.saved_all_batches else [max(batch_sizes)]:
         batch = _batch(b, device, scale=scale)
         row[f"saved_bytes_b{b}"] = saved_activation_bytes(_loss, model, batch)
     del model, opt
@@ -268,7 +281,7 @@ def memory_checks(rows: dict, batch_sizes, scale: BenchScale = FULL, qkv: dict |
     from labcore.runs import Claim
 
     claims: list[Claim] = []
-    where = f"ViT-B/16 x{scale.depth} blocks" if scale.depth != 12 else "ViT-B/16"
+    where = "ViT-B/16" if scale == FULL else _where(scale)
 
     def claim(id_, text, metric, value, threshold, higher, unit, baseline=None):
         claims.append(Claim(f"{id_} {text} ({where})", metric, value, baseline, unit,
@@ -316,6 +329,10 @@ def memory_checks(rows: dict, batch_sizes, scale: BenchScale = FULL, qkv: dict |
     return checks, claims
 
 
+def _where(scale: BenchScale) -> str:
+    return f"ViT {scale.depth}x{scale.width} at {scale.img_size}²"
+
+
 def plot_peaks(rows: dict, batch_sizes, path: str | Path, scale: BenchScale = FULL):
     """Peak live-tensor memory per configuration against batch size (log-log), as a PNG."""
     from labcore.plot import line_plot
@@ -326,7 +343,7 @@ def plot_peaks(rows: dict, batch_sizes, path: str | Path, scale: BenchScale = FU
         for name, row in rows.items()
         if all(row.get(f"peak_bytes_b{b}") for b in bs)
     }
-    where = "ViT-B/16" if scale.depth == 12 else f"ViT-B/16 width, {scale.depth} blocks"
+    where = "ViT-B/16" if scale == FULL else _where(scale)
     return line_plot(path, series, xlabel="batch size", ylabel="peak live tensor memory (MB)",
                      title=f"snell bench: one AdamW step, {where}, fp32", loglog=True)  # fmt: skip
 
@@ -355,14 +372,14 @@ def run_bench(
 
     rows = {}
     t0 = time.perf_counter()
-    for name in progress(CONFIGS, desc="configs"):
+    for name in progress(CONFIGS, desc="configs", leave=False):
         rows[name] = measure(name, list(scale.batch_sizes), device, peak=peak, loop=loop,
                              scale=scale)  # fmt: skip
         figures = ", ".join(f"{k}={v / MB:.1f}MB" for k, v in rows[name].items() if "bytes" in k)
         log(f"{name}: {figures} [{time.perf_counter() - t0:.0f} s]")
     qkv = None
     if peak:
-        qkv = qkv_layer_memory(scale.width, scale.qkv_batch, (scale.img_size // 16) ** 2 + 1,
+        qkv = qkv_layer_memory(scale.qkv_width, scale.qkv_batch, scale.qkv_tokens,
                                repeats=scale.qkv_repeats)  # fmt: skip
         log("q|k|v layer: " + ", ".join(
             f"{k} peak {v['peak_bytes'] / MB:.1f} MB, {1e3 * v['time_s']:.0f} ms"

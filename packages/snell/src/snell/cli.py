@@ -341,8 +341,8 @@ def cmd_bench(args, device: torch.device) -> int:
         args.out,
         package=PACKAGE,
         command="bench",
-        dataset=f"random {scale.img_size}² inputs, ViT-B/16 width, {scale.depth} blocks, "
-        f"random init, {scale.num_classes} classes",
+        dataset=f"random {scale.img_size}² inputs, ViT patch 16, {scale.depth} blocks of width "
+        f"{scale.width}, random init, {scale.num_classes} classes",
         metrics={
             "rows": rows,
             "qkv_layer": res["qkv"],

@@ -38,7 +38,7 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys):
         ("--sparsity", "1"),
         ("--epochs", "0"),
         ("--batch-size", "0"),
-        ("--r", "0"),
+        ("--adapter-rank", "0"),
         ("--lr", "0"),
         ("--lr", "nan"),
         ("--weight-decay", "-1"),

@@ -32,7 +32,7 @@ def _folder(root, n=4, size=12):
 # no dropout / DropPath anywhere: the ranks' random streams differ from one process's
 ARGS = ["train", "--model", "vit_tiny_patch16_224", "--model-kwargs", '{"depth": 1}',
         "--img-size", "32", "--batch-size", "4", "--epochs", "2", "--warmup-epochs", "0",
-        "--lr", "1e-2", "--sparsity", "0.5", "--r", "4", "--adapter-dropout", "0",
+        "--lr", "1e-2", "--sparsity", "0.5", "--adapter-rank", "4", "--adapter-dropout", "0",
         "--adapter-drop-path", "0", "--drop-path", "0", "--device", "cpu", "--seed", "1",
         "--threads", "1"]  # fmt: skip
 

@@ -51,8 +51,9 @@ def _json_mapping(text: str) -> dict:
 
 def _add_snell_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SNELL adapter")
-    g.add_argument("--r", type=positive_int, default=8,
-                   help="rank r (a multiple of the 2 kernel pieces)")  # fmt: skip
+    # not "--r": torchrun's own parser would take it for an abbreviation of its --rdzv-* flags
+    g.add_argument("--adapter-rank", dest="r", type=positive_int, default=8,
+                   help="rank r of the adapter (a multiple of the 2 kernel pieces)")  # fmt: skip
     g.add_argument("--sparsity", type=_sparsity, default=0.9,
                    help="fraction s of each ΔW zeroed, in [0, 1); 0 = KLoRA")  # fmt: skip
     g.add_argument("--kernel", default="piecewise_linear",

@@ -157,3 +157,36 @@ def test_recompute_keeps_the_live_peak_independent_of_depth():
 
     assert peak(8, True) - peak(2, True) < dw
     assert peak(8, False) - peak(2, False) >= 2 * 6 * dw  # ≥ 2 copies per extra layer (M5)
+
+
+def test_fused_qkv_runs_split_by_split_like_the_official_layout():
+    """Issue 10: the fused q|k|v layer gives the official separate-linears layout's outputs and
+    gradients, and its live peak (fwd + bwd) is no higher than that layout's and below 0.2.0's
+    all-three-at-once forward."""
+    from snell.bench import _fwd_bwd, _qkv_layouts, qkv_layer_memory
+
+    fns, params = _qkv_layouts(64, seed=1)
+    x = torch.randn(2, 9, 64, requires_grad=True)
+    outs, grads = {}, {}
+    for name in ("fused", "official"):
+        torch.manual_seed(3)  # same dropout / DropPath draws
+        y = fns[name](x)
+        y = torch.cat(y, -1) if isinstance(y, tuple) else y
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        outs[name] = y.detach()
+        grads[name] = [p.grad.clone() for p in params[name] if p.requires_grad] + [x.grad.clone()]
+        for p in params[name]:
+            p.grad = None
+        x.grad = None
+    torch.testing.assert_close(outs["fused"], outs["official"], rtol=1e-5, atol=1e-6)
+    (gA, gB, gx), sep = grads["fused"], grads["official"]
+    torch.testing.assert_close(gA, torch.cat(sep[0:6:2]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gB, torch.cat(sep[1:6:2]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gx, sep[6], rtol=1e-5, atol=1e-6)
+    _fwd_bwd(fns["fused"], x)  # and the layer trains through the in-place add
+
+    mem = qkv_layer_memory(width=128, batch=2, tokens=17, repeats=1)
+    peak = {k: v["peak_bytes"] for k, v in mem.items()}
+    assert peak["fused"] <= peak["official"]
+    delta_bytes = 4 * 128 * 128
+    assert peak["joint_0.2"] - peak["fused"] >= 2 * 3 * delta_bytes  # old: several ΔW copies x3

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from labcore.cli import UserError
 from snell.kernels import GATES, KERNELS
 
 __all__ = ["CONFIG_NAME", "SnellConfig"]
@@ -70,21 +71,31 @@ class SnellConfig:
     peft_type: str = field(default="SNELL", metadata={"help": "fixed tag"})
 
     def __post_init__(self) -> None:
-        if self.r < 1 or self.r % self.num_pieces:
-            raise ValueError(f"r={self.r} must be a positive multiple of num_pieces")
+        ints = {"r": self.r, "num_pieces": self.num_pieces}
+        for name, v in ints.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.r % self.num_pieces:
+            raise UserError(f"r={self.r} must be a multiple of num_pieces={self.num_pieces}")
+        for name in ("adapter_dropout", "adapter_drop_path"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not 0.0 <= v < 1.0:
+                raise UserError(f"{name} must be in [0, 1), got {v!r}")
+        if not isinstance(self.norm_p, int | float) or not self.norm_p > 0:
+            raise UserError(f"norm_p must be > 0, got {self.norm_p!r}")
         if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+            raise UserError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+            raise UserError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.init not in ("official", "lora"):
-            raise ValueError(f"init must be 'official' or 'lora', got {self.init!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+            raise UserError(f"init must be 'official' or 'lora', got {self.init!r}")
+        if not isinstance(self.sparsity, int | float) or not 0.0 <= self.sparsity < 1.0:
+            raise UserError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.alpha is None:
             self.alpha = tuple(0.1 * (-1) ** p for p in range(self.num_pieces))
         self.alpha = tuple(float(a) for a in self.alpha)
         if len(self.alpha) != self.num_pieces:
-            raise ValueError(f"alpha needs {self.num_pieces} values, got {len(self.alpha)}")
+            raise UserError(f"alpha needs {self.num_pieces} values, got {len(self.alpha)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,7 +113,7 @@ class SnellConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown SnellConfig keys: {sorted(unknown)}")
+            raise UserError(f"unknown SnellConfig keys: {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
@@ -110,4 +121,10 @@ class SnellConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: not a JSON adapter config ({e})") from None
+        if not isinstance(d, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        return cls.from_dict(d)

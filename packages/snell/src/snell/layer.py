@@ -32,6 +32,26 @@ def _split_drop_path(y: Tensor, p: float, splits: int, training: bool) -> Tensor
     return (y.unflatten(-1, (splits, -1)) * mask).flatten(-2)
 
 
+class _AddIntoSlice(torch.autograd.Function):
+    """``y[..., start : start + m] += part`` in place, with a copy-free backward.
+
+    Autograd's own in-place-on-a-slice (``CopySlices``) clones the whole incoming gradient; here
+    ``y`` gets the gradient itself and ``part`` a view of its slice. ``y`` must be a tensor no
+    backward needs (the output of the frozen base linear is one: linear saves its input).
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, part: Tensor, start: int) -> Tensor:
+        ctx.start, ctx.length = start, part.shape[-1]
+        y.narrow(-1, start, part.shape[-1]).add_(part)
+        ctx.mark_dirty(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, grad.narrow(-1, ctx.start, ctx.length), None
+
+
 class SnellLinear(nn.Module):
     """SNELL adapter around a frozen ``nn.Linear`` (kept as ``base_layer``).
 
@@ -110,41 +130,78 @@ class SnellLinear(nn.Module):
         return self.snell_A[adapter_name], self.snell_B[adapter_name], alpha
 
     def _gated_delta(self, A: Tensor, B: Tensor, alpha: Tensor | None) -> Tensor:
-        """ΔWˢ in (in x out) orientation, (n, m); splits are laid side by side along m."""
+        """ΔWˢ of the splits in ``A``/``B`` (leading axis S), (in x S·m'), splits side by side."""
         cfg = self.config
         delta = kernel_delta(A, B, alpha, cfg.kernel, cfg.norm_p)  # (S, n, m')
         delta = gate_delta(delta, cfg.sparsity, cfg.gate)
-        return delta.permute(1, 0, 2).reshape(self.in_features, self.out_features)
+        if delta.shape[0] == 1:
+            return delta[0]
+        return delta.permute(1, 0, 2).reshape(self.in_features, -1)
 
     def _low_rank_path(self) -> bool:
         """LoRA (linear kernel, s = 0) never needs ΔW: (x A) Bᵀ, as LoRA implementations do."""
         return self.config.kernel == "linear" and self.config.sparsity == 0.0
 
     def _delta_output(self, x: Tensor, A: Tensor, B: Tensor, alpha: Tensor | None) -> Tensor:
+        """``x · ΔWˢ`` for the splits in ``A``/``B``: (B, ..., n) -> (B, ..., S·m')."""
         if self._low_rank_path():
             a = A.permute(0, 2, 1, 3).flatten(2)  # (S, n, r)
             b = B.permute(0, 2, 1, 3).flatten(2)  # (S, m', r)
             xa = torch.einsum("...n,snr->...sr", x, a)
             return torch.einsum("...sr,smr->...sm", xa, b).flatten(-2)
-        return x @ self._gated_delta(A, B, alpha).to(x.dtype)
+        # the kernel distances, the quantile threshold and the gate always run in fp32 (autocast
+        # off; kthvalue on bf16 would tie most magnitudes); only the matmul x·ΔWˢ follows the
+        # surrounding precision
+        with torch.autocast(x.device.type, enabled=False):
+            delta = self._gated_delta(
+                A.float(), B.float(), None if alpha is None else alpha.float()
+            )
+        if torch.is_autocast_enabled(x.device.type):
+            return x @ delta.to(torch.get_autocast_dtype(x.device.type))
+        return x @ delta.to(x.dtype)
+
+    def _split(self, s: int, A: Tensor, B: Tensor, alpha: Tensor | None):
+        return A[s : s + 1], B[s : s + 1], None if alpha is None else alpha[s : s + 1]
 
     def get_delta_weight(self, adapter_name: str | None = None) -> Tensor:
         """The gated update ΔWˢ transposed to the base weight's (out x in) layout."""
         A, B, alpha = self._factors(adapter_name or self.active_adapter)
-        return self._gated_delta(A, B, alpha).T
+        parts = [self._gated_delta(*self._split(s, A, B, alpha)) for s in range(self.splits)]
+        return torch.cat(parts, dim=1).T if self.splits > 1 else parts[0].T
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base_layer(x)
         if self.disable_adapters or self.merged_adapters:
-            return y
+            return self.base_layer(x)
+        cfg = self.config
         A, B, alpha = self._factors(self.active_adapter)
         xd = nn.functional.dropout(x, self.dropout_p, self.training)
-        if self.config.recompute and torch.is_grad_enabled():
-            delta = checkpoint(self._delta_output, xd, A, B, alpha, use_reentrant=False)
-        else:
-            delta = self._delta_output(xd, A, B, alpha)
-        delta = _split_drop_path(delta, self.config.adapter_drop_path, self.splits, self.training)
-        return y + delta.to(y.dtype)
+        if self._low_rank_path():
+            y = self.base_layer(x)
+            delta = _split_drop_path(
+                self._delta_output(xd, A, B, alpha), cfg.adapter_drop_path, self.splits,
+                self.training,
+            )  # fmt: skip
+            return y + delta.to(y.dtype)
+        recompute = cfg.recompute and torch.is_grad_enabled()
+        y = self.base_layer(x)
+        if self.splits == 1:
+            d = self._checkpointed(recompute, xd, A, B, alpha)
+            return y + _split_drop_path(d, cfg.adapter_drop_path, 1, self.training).to(y.dtype)
+        # A fused q|k|v linear: one split at a time, each in its own checkpoint (as the official
+        # separate q, k, v linears), so at most one split's ΔW, distances and gate are alive, in
+        # the forward and in the backward's recomputation. Each split's output is added into its
+        # slice of the base output in place, without the copy a concatenation would make.
+        m = self.out_features // self.splits
+        for s in range(self.splits):
+            d = self._checkpointed(recompute, xd, *self._split(s, A, B, alpha))
+            d = _split_drop_path(d, cfg.adapter_drop_path, 1, self.training)
+            y = _AddIntoSlice.apply(y, d.to(y.dtype), s * m)
+        return y
+
+    def _checkpointed(self, recompute: bool, *args) -> Tensor:
+        if recompute:
+            return checkpoint(self._delta_output, *args, use_reentrant=False)
+        return self._delta_output(*args)
 
     # ---------------------------------------------------------------- merging
     @torch.no_grad()

@@ -37,8 +37,8 @@ def consistency_score(
     h_a: torch.Tensor,
     h_b: torch.Tensor,
     temperature: float = 0.5,
-    block_rows: int = 2048,
-    block_cols: int = 8192,
+    block_rows: int = 1024,
+    block_cols: int = 4096,
     queries: slice | None = None,
 ) -> torch.Tensor:
     """Per-sample whole-dataset NT-Xent score ``(n,)`` of normalised ``h_a, h_b`` ``(n, d)``,

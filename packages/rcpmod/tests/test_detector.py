@@ -95,8 +95,10 @@ def test_new_samples_predict_and_proba(data):
 
 def test_ablations_and_bf16_run(data):
     views, mask = data
-    for kw in ({"use_memory": False}, {"use_nac": False}, {"use_sr": False},
-               {"sr_weight": 0.2}, {"impute": "zero"}, {"pair_average": "participating"}):  # fmt: skip
+    views, mask = views[:2], mask[:, :2] | ~mask[:, :2].any(1, keepdims=True)
+    arms = ({"use_memory": False}, {"use_nac": False}, {"use_sr": False}, {"sr_weight": 0.2},
+            {"impute": "zero"}, {"pair_average": "participating"})  # fmt: skip
+    for kw in arms:
         s = RCPMOD(**TINY, **kw).fit(views, mask).decision_scores_
         assert np.isfinite(s).all()
     det = RCPMOD(**TINY, dtype="float32", precision="bf16").fit(views, mask)
@@ -114,8 +116,11 @@ def test_ablations_and_bf16_run(data):
         ([np.zeros((10, 2)), np.full((10, 2), np.nan)], None, "NaN"),
         ([np.zeros((10, 2)), np.zeros(10)], None, "2-D"),
         ([np.zeros((10, 2)), np.zeros((10, 2))], np.zeros((10, 3), bool), "shape"),
-        ([np.zeros((10, 2)), np.zeros((10, 2))], np.r_[[[False, False]], np.ones((9, 2), bool)],
-         "all views missing"),
+        (
+            [np.zeros((10, 2)), np.zeros((10, 2))],
+            np.r_[[[False, False]], np.ones((9, 2), bool)],
+            "all views missing",
+        ),
     ],
 )
 def test_bad_input_one_line_value_error(views, mask, match):

@@ -75,7 +75,10 @@ def test_protocol_run_data_is_seeded_and_no_outlier_lacks_all_views():
     from rcpmod.data import MultiViewData
 
     d = MultiViewData(views, y, "t")
-    a, b = make_run_data(d, (0.05, 0.02, 0.08), 0.3, 1), make_run_data(d, (0.05, 0.02, 0.08), 0.3, 1)
+    a, b = (
+        make_run_data(d, (0.05, 0.02, 0.08), 0.3, 1),
+        make_run_data(d, (0.05, 0.02, 0.08), 0.3, 1),
+    )
     np.testing.assert_array_equal(a.views[0], b.views[0])
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.mask[a.is_outlier == 1].any(1).all()

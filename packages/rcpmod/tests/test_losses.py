@@ -82,8 +82,16 @@ def test_koleo_and_triplet_brute_force():
         total += -math.log(7 * d)
     assert koleo(z).item() == pytest.approx(total / 7, rel=1e-9)
     zp, zn = torch.randn(7, 3), torch.randn(7, 3)
-    ref = np.mean([max(0.0, math.dist([a + 1e-6 for a in zl[i]], zp[i].tolist())
-                       - math.dist([a + 1e-6 for a in zl[i]], zn[i].tolist())) for i in range(7)])
+    ref = np.mean(
+        [
+            max(
+                0.0,
+                math.dist([a + 1e-6 for a in zl[i]], zp[i].tolist())
+                - math.dist([a + 1e-6 for a in zl[i]], zn[i].tolist()),
+            )
+            for i in range(7)
+        ]
+    )
     assert triplet(z, zp, zn).item() == pytest.approx(ref, rel=1e-9)
     assert koleo(z[:1]).item() == 0.0 and triplet(z[:0], zp[:0], zn[:0]).item() == 0.0
 

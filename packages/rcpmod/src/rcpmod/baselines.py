@@ -96,7 +96,9 @@ def baseline_scores(views, mask, names=BASELINES, seed: int = 0, backend: str = 
         elif name == "IForest":
             from sklearn.ensemble import IsolationForest
 
-            out[name] = -IsolationForest(n_estimators=100, random_state=seed).fit(x).score_samples(x)
+            out[name] = (
+                -IsolationForest(n_estimators=100, random_state=seed).fit(x).score_samples(x)
+            )
         elif name == "ECOD":
             out[name] = ecod_score(x)
         else:

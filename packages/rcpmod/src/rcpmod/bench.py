@@ -117,9 +117,13 @@ def run_bench(quick: bool = False, seed: int = 0, progress=None) -> dict:
     off = _timed(lambda: official_style_lists(d.views[0], d.views[1], mask[:, 0], mask[:, 1], 6))
     la, lb = neighbor_lists(xa, xb, mask[:, 0], mask[:, 1], 6)
     oa, ob = official_style_lists(d.views[0], d.views[1], mask[:, 0], mask[:, 1], 6)
-    out["neighbors"] = {"n": n_knn, "ours_seconds": ours, "official_style_seconds": off,
-                        "speedup": off / ours,
-                        "same_lists_fraction": float(((la == oa).all(1) & (lb == ob).all(1)).mean())}  # fmt: skip
+    out["neighbors"] = {
+        "n": n_knn,
+        "ours_seconds": ours,
+        "official_style_seconds": off,
+        "speedup": off / ours,
+        "same_lists_fraction": float(((la == oa).all(1) & (lb == ob).all(1)).mean()),
+    }
     say(f"neighbour lists n={n_knn}: ours {ours:.2f} s, official loops {off:.2f} s")
     # --- fit time per epoch ------------------------------------------------------------------
     fit_sizes = [300, 1000] if quick else [1000, 3000, 10_000]

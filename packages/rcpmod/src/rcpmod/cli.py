@@ -93,43 +93,77 @@ def _add_protocol(p: argparse.ArgumentParser, seeds: int, perms: int) -> None:
                    help="how many of the 6 (class, attribute, class-attribute) rate "
                         "permutations of (0.02, 0.05, 0.08), in order")  # fmt: skip
     g.add_argument("--missing-rate", type=unit_interval, default=0.3, help="official mr")
-    g.add_argument("--baselines-backend", choices=["auto", "builtin", "pyod"], default="auto",
-                   help="auto: PyOD when installed, else the built-in re-implementations")
+    g.add_argument(
+        "--baselines-backend",
+        choices=["auto", "builtin", "pyod"],
+        default="auto",
+        help="auto: PyOD when installed, else the built-in re-implementations",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     common = common_parser(PACKAGE)
     parser = argparse.ArgumentParser(prog=PACKAGE, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", parents=[common],
-                          help="B6 on shipped data: RCPMOD vs baselines, AUC per outlier type")  # fmt: skip
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="B6 on shipped data: RCPMOD vs baselines, AUC per outlier type",
+    )
     demo.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=SHIPPED,
                       help="shipped datasets")  # fmt: skip
-    demo.add_argument("--digits-runs", type=nonnegative_int, default=6,
-                      help="cap on protocol runs for the digits datasets (0: the full grid)")
-    demo.add_argument("--r5-dataset", default="wine", choices=[*SHIPPED, "none"],
-                      help="dataset of the missing-view checks (R5); none to skip")
-    demo.add_argument("--ablations", action="store_true",
-                      help="R7: no memory bank / no L_nac / no L_sr / w = 0.2 on breast_cancer")
+    demo.add_argument(
+        "--digits-runs",
+        type=nonnegative_int,
+        default=6,
+        help="cap on protocol runs for the digits datasets (0: the full grid)",
+    )
+    demo.add_argument(
+        "--r5-dataset",
+        default="wine",
+        choices=[*SHIPPED, "none"],
+        help="dataset of the missing-view checks (R5); none to skip",
+    )
+    demo.add_argument(
+        "--ablations",
+        action="store_true",
+        help="R7: no memory bank / no L_nac / no L_sr / w = 0.2 on breast_cancer",
+    )
     _add_protocol(demo, seeds=5, perms=6)
     _add_detector(demo)
     for name in ("train", "evaluate"):
-        p = sub.add_parser(name, parents=[common], help=(
-            "the official protocol on a dataset file: fit RCPMOD, write scores and AUCs"
-            if name == "train" else
-            "AUCs of saved RCPMOD scores and of the baselines on the same protocol runs"))  # fmt: skip
-        p.add_argument("--dataset", required=True, choices=[*OFFICIAL, *SHIPPED],
-                       help="official dataset (needs --data or $LABCORE_DATA/rcpmod) or shipped")
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=(
+                "the official protocol on a dataset file: fit RCPMOD, write scores and AUCs"
+                if name == "train"
+                else "AUCs of saved RCPMOD scores and of the baselines on the same protocol runs"
+            ),
+        )
+        p.add_argument(
+            "--dataset",
+            required=True,
+            choices=[*OFFICIAL, *SHIPPED],
+            help="official dataset (needs --data or $LABCORE_DATA/rcpmod) or shipped",
+        )
         p.add_argument("--data", type=Path, default=None,
                        help="the .mat/.npz file or the folder holding it")  # fmt: skip
         if name == "evaluate":
-            p.add_argument("--scores", type=Path, default=None,
-                           help="rcpmod_scores.npz written by train (default: in --out)")
+            p.add_argument(
+                "--scores",
+                type=Path,
+                default=None,
+                help="rcpmod_scores.npz written by train (default: in --out)",
+            )
         _add_protocol(p, seeds=5, perms=6)
         if name == "train":
             _add_detector(p)
-    bench = sub.add_parser("bench", parents=[common],
-                           help="score/neighbour/fit scaling vs the official way; AUC vs baselines")  # fmt: skip
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="score/neighbour/fit scaling vs the official way; AUC vs baselines",
+    )
     bench.add_argument("--quick", action="store_true", help="small n (CI, < 60 s)")
     return parser
 
@@ -172,7 +206,9 @@ def _demo(args, device) -> int:
         data = load_shipped(name, seed=args.seed)
         jobs = [(r, s) for r in perms for s in seeds]
         if name.startswith("digits") and args.digits_runs and len(jobs) > args.digits_runs:
-            jobs = [(perms[i % len(perms)], seeds[i // len(perms)]) for i in range(args.digits_runs)]
+            jobs = [
+                (perms[i % len(perms)], seeds[i // len(perms)]) for i in range(args.digits_runs)
+            ]
         runs = []
         for rates, seed in progress(jobs, desc=name):
             runs.extend(run_grid(data, [seed], [rates], args.missing_rate, det, BASELINES,
@@ -197,8 +233,8 @@ def _demo(args, device) -> int:
     b = RCPMOD(**kw).fit(inj.views, inj.mask).decision_scores_
     fits = [r["fit_seconds"] for runs in all_runs.values() for r in runs]
     extra["determinism"] = {"dataset": first, "identical": bool(np.array_equal(a, b)),
-                            "max_fit_seconds": float(max(fits + [once])),
-                            "mean_fit_seconds": float(np.mean(fits + [once]))}  # fmt: skip
+                            "max_fit_seconds": float(max([*fits, once])),
+                            "mean_fit_seconds": float(np.mean([*fits, once]))}  # fmt: skip
     ablations = _r7(args, det, seeds) if args.ablations else None
     checks = acceptance(summaries, extra)
     print()
@@ -236,8 +272,12 @@ def _r5(args, det, seeds) -> dict:
     data = load_shipped(args.r5_dataset, seed=args.seed)
     rates = (0.05, 0.02, 0.08)
     res = {}
-    for label, mr, kw in (("mr0", 0.0, det), ("mr0.5", 0.5, det),
-                          ("mr0.3_crt", 0.3, det), ("mr0.3_zero", 0.3, {**det, "impute": "zero"})):  # fmt: skip
+    for label, mr, kw in (
+        ("mr0", 0.0, det),
+        ("mr0.5", 0.5, det),
+        ("mr0.3_crt", 0.3, det),
+        ("mr0.3_zero", 0.3, {**det, "impute": "zero"}),
+    ):
         vals = [run_once(data, rates, mr, s, kw)["RCPMOD"]["total"]
                 for s in progress(seeds, desc=f"R5 {label}")]  # fmt: skip
         res[label] = float(np.mean(vals))
@@ -325,7 +365,9 @@ def _evaluate(args, device) -> int:
             with np.load(scores_path, allow_pickle=False) as f:
                 saved = {k: f[k] for k in ("scores", "labels", "rates", "seeds")}
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{scores_path}: not an rcpmod_scores.npz ({type(e).__name__})") from None
+            raise UserError(
+                f"{scores_path}: not an rcpmod_scores.npz ({type(e).__name__})"
+            ) from None
     seeds = [args.seed + 1 + i for i in range(args.seeds)]
     perms = RATE_PERMUTATIONS[: args.perms]
     backend = _backend(args.baselines_backend)
@@ -333,8 +375,10 @@ def _evaluate(args, device) -> int:
                     components=False, progress=progress, distributed=True)  # fmt: skip
     if saved is not None:
         for r in runs:
-            hit = np.flatnonzero((saved["seeds"] == r["seed"])
-                                 & np.all(np.isclose(saved["rates"], r["rates"]), axis=1))  # fmt: skip
+            hit = np.flatnonzero(
+                (saved["seeds"] == r["seed"])
+                & np.all(np.isclose(saved["rates"], r["rates"]), axis=1)
+            )
             if len(hit) == 0:
                 continue
             j = int(hit[0])
@@ -392,22 +436,40 @@ def _bench(args, device) -> int:
               "total_auc", auc["RCPMOD"]["total"], None, "AUC", threshold=0.9),
     ]  # fmt: skip
     for c in claims:
-        print(f"[{'met' if c.met else 'MISSED'}] {c.claim}: {c.value:.4g}"
-              + (f" vs {c.baseline:.4g}" if c.baseline is not None else ""))
+        print(
+            f"[{'met' if c.met else 'MISSED'}] {c.claim}: {c.value:.4g}"
+            + (f" vs {c.baseline:.4g}" if c.baseline is not None else "")
+        )
     out = Path(args.out)
     ns = [row["n"] for row in sc["rows"]]
-    series_mem = {"blockwise": (ns, [row["blockwise_peak_bytes"] / 2**20 for row in sc["rows"]]),
-                  "dense (official)": ([row["n"] for row in dense],
-                                       [row["dense_peak_bytes"] / 2**20 for row in dense])}  # fmt: skip
+    series_mem = {
+        "blockwise": (ns, [row["blockwise_peak_bytes"] / 2**20 for row in sc["rows"]]),
+        "dense (official)": (
+            [row["n"] for row in dense],
+            [row["dense_peak_bytes"] / 2**20 for row in dense],
+        ),
+    }
     series_t = {"blockwise": (ns, [row["blockwise_seconds"] for row in sc["rows"]]),
                 "dense (official)": ([row["n"] for row in dense],
                                      [row["dense_seconds"] for row in dense])}  # fmt: skip
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        line_plot(out / "rcpmod_bench_score_memory.png", series_mem, xlabel="n samples",
-                  ylabel="peak tensor MiB", title="consistency score memory", loglog=True)
-        line_plot(out / "rcpmod_bench_score_time.png", series_t, xlabel="n samples",
-                  ylabel="seconds", title="consistency score time", loglog=True)
+        line_plot(
+            out / "rcpmod_bench_score_memory.png",
+            series_mem,
+            xlabel="n samples",
+            ylabel="peak tensor MiB",
+            title="consistency score memory",
+            loglog=True,
+        )
+        line_plot(
+            out / "rcpmod_bench_score_time.png",
+            series_t,
+            xlabel="n samples",
+            ylabel="seconds",
+            title="consistency score time",
+            loglog=True,
+        )
     path = write_result(out, package=PACKAGE, command="bench",
                         dataset="random unit latents (score); synthetic multi-view (rest)",
                         metrics=r, memory={"score_rows": sc["rows"]},

@@ -84,7 +84,9 @@ def _dense(x) -> np.ndarray:
 
 def _cell(mat, key, path) -> list:
     if key not in mat:
-        raise UserError(f"{path}: no '{key}' variable (found {sorted(k for k in mat if not k.startswith('__'))})")
+        raise UserError(
+            f"{path}: no '{key}' variable (found {sorted(k for k in mat if k[:2] != '__')})"
+        )
     cell = np.asarray(mat[key], dtype=object)
     return list(cell.reshape(-1))
 

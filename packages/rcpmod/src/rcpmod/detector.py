@@ -335,7 +335,9 @@ class RCPMOD(BaseEstimator):
         return np.where(count > 0, (scores * use).sum(1) / np.maximum(count, 1), 0.0)
 
     def _process_decision_scores(self) -> None:
-        self.threshold_ = float(np.percentile(self.decision_scores_, 100 * (1 - self.contamination)))
+        self.threshold_ = float(
+            np.percentile(self.decision_scores_, 100 * (1 - self.contamination))
+        )
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
 
     def _fit_pair(self, a, b, x, mask, rows, rng, p):
@@ -358,7 +360,9 @@ class RCPMOD(BaseEstimator):
                        disable=None if self.verbose else True)  # fmt: skip
         nbr_a = nbr_b = neg_a = neg_b = None
         for epoch in bar:
-            if epoch % self.change_knn_epoch == 0 or (self.use_sr and epoch % p["change_neg_epoch"] == 0):
+            if epoch % self.change_knn_epoch == 0 or (
+                self.use_sr and epoch % p["change_neg_epoch"] == 0
+            ):
                 za_all, zb_all = self._encode_all(ae_a, xa), self._encode_all(ae_b, xb)
                 if epoch % self.change_knn_epoch == 0:
                     nbr_a, nbr_b = neighbor_lists(za_all, zb_all, pa, pb, k)
@@ -476,7 +480,9 @@ class RCPMOD(BaseEstimator):
             return z
         z = z.clone()
         if self.impute == "crt":
-            z[torch.as_tensor(miss, device=z.device)] = z[torch.as_tensor(nbr[miss], device=z.device)].mean(1)
+            z[torch.as_tensor(miss, device=z.device)] = z[
+                torch.as_tensor(nbr[miss], device=z.device)
+            ].mean(1)
         else:
             z[torch.as_tensor(miss, device=z.device)] = 0.0
         return z

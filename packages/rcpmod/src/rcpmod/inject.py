@@ -79,7 +79,9 @@ def _pick_pairs(rng, y, mask, n_pairs, eligible, half) -> list[tuple[int, int]]:
     return pairs
 
 
-def _swap(rng, views, mask, pairs, half, noise_rest: bool) -> list[tuple[int, int, tuple[int, ...]]]:
+def _swap(
+    rng, views, mask, pairs, half, noise_rest: bool
+) -> list[tuple[int, int, tuple[int, ...]]]:
     record = []
     n_views = len(views)
     for a, b in pairs:

@@ -71,7 +71,7 @@ def neighbor_lists(
     present_a, present_b = np.asarray(present_a, bool), np.asarray(present_b, bool)
     both = present_a & present_b
     lists = []
-    for x_v, x_u, p_v, p_u in ((x_a, x_b, present_a, present_b), (x_b, x_a, present_b, present_a)):
+    for x_v, x_u, p_v in ((x_a, x_b, present_a), (x_b, x_a, present_b)):
         kk = min(k, int(p_v.sum()) - 1)
         if (~p_v).any():
             kk = min(kk, int(both.sum()))

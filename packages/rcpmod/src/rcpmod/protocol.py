@@ -63,7 +63,7 @@ def run_once(
     ``None`` to skip it) and of ``baselines``; ``components`` adds s_con and s_att alone."""
     inj = make_run_data(data, rates, missing_rate, seed)
     out: dict = {"rates": list(rates), "missing_rate": missing_rate, "seed": seed,
-                 "n_outliers": {k: int(len(v)) for k, v in inj.indices.items()}}  # fmt: skip
+                 "n_outliers": {k: len(v) for k, v in inj.indices.items()}}  # fmt: skip
     if detector is not None:
         t = time.perf_counter()
         det = RCPMOD(**{"random_state": seed, **detector}).fit(inj.views, inj.mask)

@@ -71,7 +71,7 @@ def consistency_score(
 
 
 def consistency_score_dense(h_a: torch.Tensor, h_b: torch.Tensor, temperature: float = 0.5):
-    """Reference: the official ``contrastive_score`` (2n × 2n matrix, CE with the positive first)."""
+    """Reference: the official ``contrastive_score`` (2n × 2n matrix, CE, positive first)."""
     n = h_a.shape[0]
     h = torch.cat([h_a, h_b]).to(torch.float64)
     sim = h @ h.T / temperature
@@ -97,7 +97,10 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def attribute_score(
-    err_a: np.ndarray, err_b: np.ndarray, present_a: np.ndarray, present_b: np.ndarray,
+    err_a: np.ndarray,
+    err_b: np.ndarray,
+    present_a: np.ndarray,
+    present_b: np.ndarray,
     bounds: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, tuple[tuple[float, float], tuple[float, float]]]:
     """``s_att = ê_a + ê_b`` and the (min, max) used per view.

@@ -82,8 +82,7 @@ def run_bench(quick: bool = False, seed: int = 0, progress=None) -> dict:
     # --- score scaling ---------------------------------------------------------------------
     sizes = [500, 1000, 2000, 4000] if quick else [1000, 3000, 10_000, 30_000, 100_000]
     dense_max = 1000 if quick else 4000
-    # small tiles (256 anchors x 1024 columns) so the O(n·d) part shows in the memory curve
-    blockwise = lambda ha, hb: consistency_score(ha, hb, 0.5, 128, 1024)  # noqa: E731
+    blockwise = lambda ha, hb: consistency_score(ha, hb, 0.5, 256, 2048)  # noqa: E731
     rows = []
     for n in sizes:
         ha, hb = _unit(n, 64, seed)

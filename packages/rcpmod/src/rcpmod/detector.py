@@ -171,7 +171,7 @@ class RCPMOD(BaseEstimator):
         dtype: str = "float64",
         precision: str = "fp32",
         device: str = "cpu",
-        score_block: int = 1024,
+        score_block: int = 256,
         random_state: int = 0,
         verbose: bool = False,
     ):

@@ -37,8 +37,8 @@ def consistency_score(
     h_a: torch.Tensor,
     h_b: torch.Tensor,
     temperature: float = 0.5,
-    block_rows: int = 1024,
-    block_cols: int = 4096,
+    block_rows: int = 256,
+    block_cols: int = 2048,
     queries: slice | None = None,
 ) -> torch.Tensor:
     """Per-sample whole-dataset NT-Xent score ``(n,)`` of normalised ``h_a, h_b`` ``(n, d)``,
@@ -60,7 +60,8 @@ def consistency_score(
         rows = torch.cat([h[s:e], h[n + s : n + e]])  # anchors i (view a) and n+i (view b)
         acc = torch.zeros(rows.shape[0], dtype=torch.float64, device=h.device)
         for c in range(0, 2 * n, block_cols):
-            acc += torch.exp(rows @ h[c : c + block_cols].T * inv_t - inv_t).sum(1)
+            tile = rows @ h[c : c + block_cols].T  # one temporary per tile, updated in place
+            acc += tile.sub_(1.0).mul_(inv_t).exp_().sum(1)
         self_sim = rows.square().sum(1) * inv_t
         acc -= torch.exp(self_sim - inv_t)  # drop c == r
         pos = (h[s:e] * h[n + s : n + e]).sum(1) * inv_t
@@ -133,8 +134,8 @@ def consistency_score_against(
     q_b: torch.Tensor,
     ref: torch.Tensor,
     temperature: float = 0.5,
-    block_rows: int = 2048,
-    block_cols: int = 8192,
+    block_rows: int = 256,
+    block_cols: int = 2048,
 ) -> torch.Tensor:
     """Consistency score of *new* samples ``(m,)``: each anchor's NT-Xent against its own twin
     plus the 2n reference rows ``ref = [h^a; h^b]`` of the training set (normalised inputs)."""
@@ -146,7 +147,8 @@ def consistency_score_against(
         rows = torch.cat([qa, qb])
         acc = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
         for c in range(0, ref.shape[0], block_cols):
-            acc += torch.exp(rows @ ref[c : c + block_cols].T * inv_t - inv_t).sum(1)
+            tile = rows @ ref[c : c + block_cols].T
+            acc += tile.sub_(1.0).mul_(inv_t).exp_().sum(1)
         pos = (qa * qb).sum(1) * inv_t
         acc += torch.exp(torch.cat([pos, pos]) - inv_t)  # the twin is in the denominator too
         lse = torch.log(acc) + inv_t

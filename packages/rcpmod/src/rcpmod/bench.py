@@ -81,7 +81,7 @@ def run_bench(quick: bool = False, seed: int = 0, progress=None) -> dict:
     out: dict = {}
     # --- score scaling ---------------------------------------------------------------------
     sizes = [500, 1000, 2000, 4000] if quick else [1000, 3000, 10_000, 30_000, 100_000]
-    dense_max = 1000 if quick else 4000
+    dense_max = 2000 if quick else 4000
     blockwise = lambda ha, hb: consistency_score(ha, hb, 0.5, 256, 2048)  # noqa: E731
     rows = []
     for n in sizes:

@@ -1,5 +1,6 @@
 """DSA head: shapes, channel counts, parameter counts against the formula, adapters, BN, noise."""
 
+import itertools
 import math
 
 import pytest
@@ -33,7 +34,7 @@ def test_parameter_count_matches_formula():
     expected = _conv_params(c, e)  # expansion 1x1 conv with bias
     for s in range(s_num):
         sizes = [d, *[w + 10 * s for w in widths], d]
-        expected += sum(_conv_params(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        expected += sum(_conv_params(a, b) for a, b in itertools.pairwise(sizes))
         if ACTIVATIONS[s % 5] == "prelu":
             expected += 1 * (len(sizes) - 1)  # one PReLU slope per conv
         expected += 2 * c  # per-head BN affine
@@ -102,8 +103,9 @@ def test_per_head_vs_shared_bn_running_statistics():
     torch.manual_seed(0)
     f = torch.randn(8, 30, 2, 2)
     per = DSAHead(30, 3, 3, adapter_widths=(6,), noise_factor=0.0, bn_momentum=1.0)
-    shared = DSAHead(30, 3, 3, adapter_widths=(6,), noise_factor=0.0, bn_momentum=1.0,
-                     head_bn="shared")
+    shared = DSAHead(
+        30, 3, 3, adapter_widths=(6,), noise_factor=0.0, bn_momentum=1.0, head_bn="shared"
+    )
     shared.load_state_dict(per.state_dict(), strict=False)
     per.train()(f)
     shared.train()(f)
@@ -131,8 +133,9 @@ def test_pose_variant_masks_and_two_conv_adapter():
 
 def test_gradients_reach_each_head_and_blank_head_gets_none():
     torch.manual_seed(0)
-    model = DSAModel("small_cnn", 10, heads=5, in_chans=1, input_size=8,
-                     adapter_widths=(8, 8), noise_factor=0.0)
+    model = DSAModel(
+        "small_cnn", 10, heads=5, in_chans=1, input_size=8, adapter_widths=(8, 8), noise_factor=0.0
+    )
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
     loss = sum(torch.nn.functional.cross_entropy(z, y) for z in model(x))
     loss.backward()

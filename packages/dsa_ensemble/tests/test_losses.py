@@ -61,8 +61,12 @@ def test_saf_loss_matches_hand_computation_and_sign_option():
     ms = ps.mean(0) * inv
     ms /= ms.sum()
     ref = -(mp * np.log(ms + 1e-12)).sum()
-    args = (torch.tensor(mask), torch.tensor(logits_s, dtype=torch.float32),
-            torch.tensor(p_model, dtype=torch.float32), torch.tensor(hist, dtype=torch.float32))
+    args = (
+        torch.tensor(mask),
+        torch.tensor(logits_s, dtype=torch.float32),
+        torch.tensor(p_model, dtype=torch.float32),
+        torch.tensor(hist, dtype=torch.float32),
+    )
     assert L.saf_loss(*args).item() == pytest.approx(ref, rel=1e-5)
     assert L.saf_loss(*args, sign="code").item() == pytest.approx(-ref, rel=1e-5)
     empty = L.saf_loss(torch.zeros(8), *args[1:])
@@ -90,8 +94,9 @@ def test_ensemble_loss_reference():
     z = [torch.randn(5, 3) for _ in range(3)]
     lab = torch.tensor([0, 1, 2, 1, 0])
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
-    ref = np.mean([(F.cross_entropy(z[s], lab, reduction="none") * keep).mean().item()
-                   for s in (0, 2)])
+    ref = np.mean(
+        [(F.cross_entropy(z[s], lab, reduction="none") * keep).mean().item() for s in (0, 2)]
+    )
     assert L.ensemble_loss(z, lab, keep, step=1).item() == pytest.approx(ref, rel=1e-6)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from labcore.cli import UserError
 
-__all__ = ["DSAConfig"]
+__all__ = ["HELP", "DSAConfig"]
 
 _DEFAULT_WIDTHS = "512,1024,1024,512"
 _CHOICES = {
@@ -133,3 +133,49 @@ class DSAConfig:
     def from_dict(cls, d: dict[str, Any]) -> DSAConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# one line of help per field, for the CLI built from the dataclass
+HELP: dict[str, str] = {
+    "backbone": "wrn28_2 | wrn28_8 | small_cnn | any timm model name",
+    "head_type": "single | mhe | cbe | dsa",
+    "heads": "S",
+    "head_bn": "per_head (default here) | shared (official code, collapses eval)",
+    "adapter_widths": "official classification adapter",
+    "split_factor": "m = floor(split_factor * C)",
+    "noise_factor": "perturbation strength (0 = off)",
+    "perturb_prob": "per head per step",
+    "perturb_clamp": "clamp perturbed features to [0, 1] (official)",
+    "scheme_init": "per-head init schemes s mod 5",
+    "expand": "False: the pose variant (channel masks, no expansion)",
+    "adapter_residual": "deviation, off in the official code",
+    "bn_momentum": "backbone and head BN momentum (official 0.001)",
+    "blank_num": "rotating blank heads per step (pose: 2)",
+    "lambda_fd": "feature decorrelation weight (None: 1 for cbe, else 0)",
+    "ensemble": "reported prediction: mean softmax | agreement (code option)",
+    "steps_per_epoch": "0: one pass over the labelled set (SL); SSL default 1024",
+    "batch_size": "global labelled batch (SL 64, SSL 32)",
+    "weight_decay": "no decay on bias and BN",
+    "ema_decay": "EMA model used for evaluation (0 = off)",
+    "mu": "unlabeled batch = mu * batch_size",
+    "sat_ema": "SAT EMA (the code reuses ema_decay)",
+    "taut_alpha": "DSA's threshold multiplier (USB FreeMatch: 1.0)",
+    "lambda_saf": "0.01 for CIFAR-100 @ 400 labels",
+    "lambda_fm": "FreeMatch's own per-head unlabeled loss (off in DSA; 1 for baseline)",
+    "ensemble_warmup": "iterations with the labelled loss only",
+    "count_thr_rampup": "epochs",
+    "pseudo_label": "code: all-head sum / firing count | masked: firing heads only",
+    "saf_sign": "usb (cross-entropy) | code (the DSA repo's negated form)",
+    "strong_aug": "noise_erase (spec digits) | randaugment (CIFAR)",
+    "flip": "horizontal flip in the weak view (True for CIFAR)",
+    "shift": "max pixel shift of the weak view (CIFAR: 4)",
+    "epochs": "training epochs",
+    "lr": "SGD learning rate (official 0.03)",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "cosine_cycles": "cosine schedule cycles (official 7/16)",
+    "lambda_ens": "weight of the ensemble pseudo-label loss L_ens",
+    "lambda_mc": "weight of the max-correlation loss L_mc (labelled data)",
+    "count_thr_min": "count threshold at the start of the ramp",
+    "count_thr_max": "count threshold at the end of the ramp",
+}

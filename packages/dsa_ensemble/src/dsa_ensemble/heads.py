@@ -29,6 +29,7 @@ decorrelation loss on the private slices (:func:`dsa_ensemble.losses.feature_dec
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -128,7 +129,7 @@ class AdapterStack(nn.Module):
         self.index, self.residual = index, residual
         sizes = [dim, *[w + unit * index for w in widths], dim]
         layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        for a, b in itertools.pairwise(sizes):
             layers.append(nn.Conv2d(a, b, 1, bias=True))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(b))
@@ -280,8 +281,9 @@ class DSAHead(nn.Module):
         self.adapters = None
         if adapters:
             self.adapters = nn.ModuleList(
-                AdapterStack(shared, tuple(adapter_widths), s, width_unit, adapter_residual,
-                             adapter_bn)  # fmt: skip
+                AdapterStack(
+                    shared, tuple(adapter_widths), s, width_unit, adapter_residual, adapter_bn
+                )
                 for s in range(s_num)
             )
             if scheme_init:
@@ -333,7 +335,9 @@ class DSAHead(nn.Module):
 
     def forward(self, f: torch.Tensor) -> HeadOutput:
         if f.ndim != 4 or f.shape[1] != self.in_channels:
-            raise ValueError(f"expected (B, {self.in_channels}, H, W) features, got {tuple(f.shape)}")
+            raise ValueError(
+                f"expected (B, {self.in_channels}, H, W) features, got {tuple(f.shape)}"
+            )
         z = self.pre(f)
         logits, private = [], []
         for s in range(self.num_heads):

@@ -8,15 +8,15 @@ Supervised, with the rotating blank head :math:`b_t = t \bmod S` (``blank_num`` 
 CBE decorrelation (lambda_fd = 1): :math:`L_{fd} = \frac1S\sum_i |\rho(\mathrm{vec}\,P_i,
 \mathrm{sg}[\mathrm{vec}\,P_{i+1 \bmod S}])|` over the flattened private slices.
 
-FreeMatch per head (USB ``freematch``): with weak-view probabilities :math:`q` of the unlabeled batch
-and EMA :math:`\lambda` = 0.999, the self-adaptive threshold state is updated
+FreeMatch per head (USB ``freematch``): with weak-view probabilities :math:`q` of the
+unlabeled batch and EMA :math:`\lambda` = 0.999, the self-adaptive threshold state is updated
 
 .. math:: \tau \leftarrow \lambda\tau + (1-\lambda)\,\overline{\max_c q},\quad
           \tilde p \leftarrow \lambda\tilde p + (1-\lambda)\,\bar q,\quad
           h \leftarrow \lambda h + (1-\lambda)\,\mathrm{hist}(\arg\max q)
 
-then :math:`\mathrm{mask}(u) = [\max q_u \ge \alpha\,\tau\,\tilde p[\hat y_u]/\max\tilde p]` with the
-DSA code's ``taut_alpha`` :math:`\alpha` = 0.9 (USB: 1). SAF (USB sign):
+then :math:`\mathrm{mask}(u) = [\max q_u \ge \alpha\,\tau\,\tilde p[\hat y_u]/\max\tilde p]`
+with the DSA code's ``taut_alpha`` :math:`\alpha` = 0.9 (USB: 1). SAF (USB sign):
 :math:`L_{saf} = -\sum_c \mathrm{SN}(\tilde p/h)_c \log \mathrm{SN}(\bar p_s/\bar h_s)_c` over the
 masked strong-view probabilities (0 when nothing is masked in).
 
@@ -149,7 +149,7 @@ def freematch_unlabeled_loss(logits_s: torch.Tensor, logits_w: torch.Tensor,
 
 
 def count_threshold(epoch: int, start: int = 2, end: int = 4, rampup: int = 50) -> int:
-    """The code's ``count_thr_update`` ('Increase'): ``int(start + (end-start) min((e+1)/r, 1))``."""
+    """The code's ``count_thr_update`` ('Increase'): ``int(a + (b-a) min((e+1)/r, 1))``."""
     return int(start + (end - start) * min((epoch + 1) / rampup, 1.0))
 
 

@@ -94,10 +94,10 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.num_features = width
         self.net = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32, momentum=bn_momentum),
-            nn.ReLU(),
-            nn.Conv2d(32, width, 3, padding=1, bias=False), nn.BatchNorm2d(width, momentum=bn_momentum),
-            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_chans, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32, momentum=bn_momentum), nn.ReLU(),
+            nn.Conv2d(32, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width, momentum=bn_momentum), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width, momentum=bn_momentum), nn.ReLU(),
         )  # fmt: skip
@@ -123,7 +123,9 @@ def build_backbone(name: str, in_chans: int = 3, weights: str | None = None,
     import timm
 
     if not timm.is_model(name):
-        raise UserError(f"unknown backbone {name!r}: not wrn28_2/wrn28_8/small_cnn nor a timm model")
+        raise UserError(
+            f"unknown backbone {name!r}: not wrn28_2/wrn28_8/small_cnn nor a timm model"
+        )
     model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
     if weights:
         from pathlib import Path

@@ -31,7 +31,7 @@ from dsa_ensemble.config import DSAConfig
 from dsa_ensemble.data import ImageSet, to_float
 from dsa_ensemble.metrics import ensemble_metrics
 from dsa_ensemble.model import DSAModel, build_backbone
-from dsa_ensemble import _dist as dist
+from labcore import dist
 
 __all__ = ["FitResult", "ModelEMA", "build_model", "fit", "predict"]
 

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--arms", nargs="+", default=None, help="subset of the supervised arms")
     demo.add_argument("--noise", type=unit_interval, nargs="+", default=[0.0, 0.2, 0.4],
                       help="symmetric label-noise rates")  # fmt: skip
-    demo.add_argument("--ssl-epochs", type=nonnegative_int, default=8,
+    demo.add_argument("--ssl-epochs", type=nonnegative_int, default=12,
                       help="SSL epochs of 20 steps (0 skips the SSL arm)")  # fmt: skip
     train = sub.add_parser("train", parents=[common], help="train on CIFAR / ImageFolder data")
     _add_data(train)

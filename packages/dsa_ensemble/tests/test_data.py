@@ -64,11 +64,11 @@ def test_image_folder_and_bad_trees(image_folder, tmp_path, make_image_folder):
     from PIL import Image
 
     Image.new("RGB", (10, 10)).save(image_folder / "train" / "dog" / "big.png")
-    with pytest.raises(UserError, match="big.png"):
+    with pytest.raises(UserError, match=r"big\.png"):
         load_image_folder(image_folder / "train")
     assert load_image_folder(image_folder / "train", image_size=8).x.shape[0] == 7
     (image_folder / "train" / "dog" / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(UserError, match="bad.png"):
+    with pytest.raises(UserError, match=r"bad\.png"):
         load_image_folder(image_folder / "train", image_size=8)
     empty = make_image_folder(tmp_path / "e", n=1)
     (empty / "train" / "bird").mkdir()

@@ -134,7 +134,6 @@ def _fmt(x) -> str:
 
 def _demo(args, device) -> int:
     from dsa_ensemble import demo as D
-    from labcore.plot import bar_plot
 
     arms = args.arms or list(D.ARMS)
     unknown = set(arms) - set(D.ARMS)
@@ -188,22 +187,8 @@ def _demo(args, device) -> int:
         vals = ", ".join(f"{k}={v:.3f}" for k, v in c.items() if isinstance(v, float))
         print(f"[{'met' if c['met'] else 'MISSED'}] {name}: {c['rule']}  {vals}")
     out = Path(args.out)
-    hard = max(args.noise)
     if dist.is_main():
-        for metric in ("accuracy", "nll"):
-            vals = {a: (float(np.mean([r["sigma=0.3"][metric] for r in per_seed[a][hard]])),
-                        float(np.std([r["sigma=0.3"][metric] for r in per_seed[a][hard]])))
-                    for a in arms}  # fmt: skip
-            if ssl_rows and metric == "accuracy":
-                for a, rows in ssl_rows.items():
-                    vals[f"ssl:{a}"] = (float(np.mean([r["accuracy"] for r in rows])),
-                                        float(np.std([r["accuracy"] for r in rows])))  # fmt: skip
-            bar_plot(
-                out / f"dsa_ensemble_demo_{metric}.png",
-                vals,
-                ylabel=metric,
-                title=f"digits, label noise {hard}, test sigma 0.3 (mean +- std, seeds)",
-            )
+        demo_plots(out, per_seed, ssl_rows, max(args.noise))
     for rows in ssl_rows.values():
         for r in rows:
             r.pop("pool_conf"), r.pop("pool_correct")
@@ -223,6 +208,35 @@ def _demo(args, device) -> int:
                         device=device, seed=args.seed)  # fmt: skip
     print(f"wrote {path} (and PNGs) in {timer.elapsed:.0f} s")
     return 0
+
+
+def demo_plots(out: Path, per_seed: dict, ssl_rows: dict, hard: float) -> None:
+    """Accuracy and NLL bars of the supervised arms at the hardest noise, sigma 0.3; SSL bars."""
+    from labcore.plot import bar_plot
+
+    def stat(rows, get):
+        vals = [get(r) for r in rows]
+        return float(np.mean(vals)), float(np.std(vals))
+
+    for metric in ("accuracy", "nll"):
+        vals = {
+            a: stat(d[hard], lambda r, m=metric: r["sigma=0.3"][m]) for a, d in per_seed.items()
+        }
+        bar_plot(
+            out / f"dsa_ensemble_demo_{metric}.png",
+            vals,
+            ylabel=metric,
+            title=f"digits, label noise {hard}, test sigma 0.3 (mean +- std over seeds)",
+        )
+    corr = {a: stat(d[hard], lambda r: r["sigma=0.3"]["head_correlation"])
+            for a, d in per_seed.items() if a != "single"}  # fmt: skip
+    bar_plot(out / "dsa_ensemble_demo_head_correlation.png", corr,
+             ylabel="mean pairwise Pearson of head softmax",
+             title=f"head correlation, label noise {hard}, test sigma 0.3")  # fmt: skip
+    if ssl_rows:
+        vals = {a: stat(rows, lambda r: r["accuracy"]) for a, rows in ssl_rows.items()}
+        bar_plot(out / "dsa_ensemble_demo_ssl.png", vals, ylabel="test accuracy",
+                 title="digits SSL, 5 labels per class (clean test)")  # fmt: skip
 
 
 def _load(args, split: str):

@@ -96,7 +96,7 @@ def decorrelation(epochs: int, seed: int = 0) -> dict:
 
 
 def run_bench(quick: bool = True, seed: int = 0, progress=None) -> dict:
-    configs = [("wrn28_2", 32, 2 if quick else 32, 1 if quick else 5)]
+    configs = [("wrn28_2", 32, 4 if quick else 32, 1 if quick else 5)]
     if not quick:
         configs.append(("resnet50", 224, 8, 3))
     out: dict = {}

@@ -268,3 +268,12 @@ def test_unwrap_tensor():
     assert unwrap_tensor({"sample": [t]}) is t
     assert unwrap_tensor(()) is None and unwrap_tensor("x") is None
     assert issubclass(StopForward, Exception)
+
+
+def test_select_picks_another_element(net):
+    x = torch.randn(1, 3, 4, 4)
+    ref = _manual(net, x)
+    pick_extra = lambda k, out: out[1][0]  # noqa: E731  the block's doubled second output
+    with ActivationCapture(net, outputs=["blocks.0"], select=pick_extra) as cap:
+        cap.run(net, x)
+    assert torch.allclose(cap.outputs["blocks.0"], 2 * ref["blocks.0"], atol=1e-6)

@@ -123,6 +123,9 @@ class ActivationCapture:
         stop_early: end each forward as soon as every requested module has been stored.
         transform: optional ``f(key, tensor) -> tensor`` applied (under ``no_grad``) before the
             cast and the move, e.g. to reshape tokens or pool.
+        select: optional ``f(key, raw_output) -> tensor | None`` that picks the tensor from a
+            module's return value instead of :func:`unwrap_tensor` (e.g. the second element of
+            a block that returns ``(text_states, image_states)``); outputs only.
         clone: copy tensors that the cast/move left aliasing the network's own storage.
 
     Raises:
@@ -140,6 +143,7 @@ class ActivationCapture:
         stop_early: bool = False,
         transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
         clone: bool = True,
+        select: Callable[[str, Any], torch.Tensor | None] | None = None,
     ) -> None:
         self.model = model
         self.output_paths = _as_mapping(outputs)
@@ -151,6 +155,7 @@ class ActivationCapture:
         self.stop_early = stop_early
         self.transform = transform
         self.clone = clone
+        self.select = select
         self.modules = self._resolve({**self.output_paths, **self.input_paths}.values())
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
@@ -234,7 +239,8 @@ class ActivationCapture:
 
     def _output_hook(self, key: str):
         def hook(_module, _args, output):
-            self._store("output", key, unwrap_tensor(output))
+            picked = self.select(key, output) if self.select is not None else unwrap_tensor(output)
+            self._store("output", key, picked)
 
         return hook
 

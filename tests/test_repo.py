@@ -201,3 +201,84 @@ def test_version_attribute_matches_pyproject(name):
 
     meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
     assert importlib.import_module(name).__version__ == meta["version"]
+
+
+class _Parser(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+def root_parser(name: str, monkeypatch):
+    """The console script's top-level parser, caught at its first ``parse_args`` call."""
+    import argparse
+    import importlib
+
+    meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
+    module, func = meta["scripts"][_dist(name)].split(":")
+
+    def catch(self, *args, **kwargs):
+        raise _Parser(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(_Parser) as caught:
+        getattr(importlib.import_module(module), func)([])
+    return caught.value.parser
+
+
+def subcommands(parser) -> dict:
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+@pytest.mark.parametrize("name", sorted(set(members(ROOT)) - {"labcore"}))
+def test_bench_quick_is_wired(name, monkeypatch):
+    """Every package has ``demo train evaluate bench`` and ``bench`` takes ``--quick`` (the
+    benchmark matrix relies on it); no bench is run here."""
+    subs = subcommands(root_parser(name, monkeypatch))
+    assert {"demo", "train", "evaluate", "bench"} <= set(subs), sorted(subs)
+    flags = {s for a in subs["bench"]._actions for s in a.option_strings}
+    assert {"--quick", "--out", "--device", "--seed"} <= flags
+
+
+@pytest.mark.parametrize("name", sorted(members(ROOT)))
+def test_every_flag_says_what_it_is(name, monkeypatch):
+    """Each option of each subcommand has help text (``--help`` then shows its default)."""
+    import argparse
+
+    parser = root_parser(name, monkeypatch)
+    missing = []
+    for sub_name, sub in {"": parser, **subcommands(parser)}.items():
+        for a in sub._actions:
+            if a.option_strings and not isinstance(a, argparse._HelpAction) and not a.help:
+                missing.append(f"{sub_name} {'/'.join(a.option_strings)}".strip())
+    assert not missing, f"{name}: flags without help: {', '.join(missing)}"
+
+
+def readme_snippets() -> list[tuple[str, int, str]]:
+    """(README path, block number, code) for every ```python block of every README."""
+    paths = [ROOT / "README.md", *sorted(ROOT.glob("shared/README.md")),
+             *sorted(ROOT.glob("packages/*/README.md"))]  # fmt: skip
+    out = []
+    for path in paths:
+        blocks = re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+        out += [(str(path.relative_to(ROOT)), i, code) for i, code in enumerate(blocks)]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("readme", "block", "code"), readme_snippets(), ids=lambda v: str(v)[:40].replace("\n", " ")
+)
+def test_readme_python_snippets_run_as_written(readme, block, code, tmp_path):
+    """A user copies the snippet into a fresh folder and runs it on the offline defaults."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180, env=env)  # fmt: skip
+    assert proc.returncode == 0, f"{readme} python block {block}:\n{proc.stderr[-1500:]}"

@@ -42,7 +42,7 @@ from diffusion_features.models import Backbone
 from labcore.capture import ActivationCapture, resolve_dtype
 from labcore.cli import UserError
 
-__all__ = ["UP_CROSS", "Extractor", "img2img_timestep", "merge", "pixel_latents"]
+__all__ = ["UP_CROSS", "Extractor", "default_prompt_embeds", "img2img_timestep", "merge", "pixel_latents"]
 
 UP_CROSS = "up-cross-maps"  # the official --attention up_cross feature (154 ch for SD1.5)
 
@@ -125,10 +125,9 @@ class Extractor:
         self.store_device = store_device
         self.feature_size = feature_size
         self.stop_early = stop_early
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-        if precision == "fp16" and self.device.type == "cpu":
-            raise UserError("--precision fp16 needs a CUDA device; use bf16 on CPU")
+        from labcore.dist import check_precision
+
+        check_precision(precision, self.device)
         self.precision = precision
         ids = list(dict.fromkeys(ids))
         self.ids = ids
@@ -205,7 +204,9 @@ class Extractor:
 
     # -- the forward --------------------------------------------------------------------------
     def _transform(self, key: str, t: torch.Tensor) -> torch.Tensor:
-        a = self._by_id[key]
+        a = self._by_id.get(key)
+        if a is None:  # a map marker
+            return t
         if a.stream == "joint":  # Flux single-stream blocks: [text, image] tokens
             t = t[:, self._text_len :]
         if a.tokens and t.ndim == 3 and not a.text_only:

@@ -23,7 +23,10 @@ from labcore.cli import UserError
 __all__ = [
     "TINY_MODELS",
     "Backbone",
+    "full_sd15",
     "load_backbone",
+    "sd15_scheduler",
+    "sdxl_scheduler",
     "tiny_flux",
     "tiny_pixart",
     "tiny_sd15",

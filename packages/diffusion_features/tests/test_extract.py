@@ -185,7 +185,7 @@ def test_local_pipeline_folder_roundtrip(tmp_path, sd15):
     z0 = torch.randn(1, 4, 16, 16)
     a = Extractor(bb, ["unet-out"]).extract_latents(z0, emb)["unet-out"]
     b = Extractor(sd15, ["unet-out"]).extract_latents(z0, emb)["unet-out"]
-    assert torch.equal(a, b)
+    assert torch.allclose(a.float(), b.float(), atol=2e-3)
     (root / "unet" / "config.json").unlink()
     with pytest.raises(UserError, match="config.json"):
         load_backbone(root)

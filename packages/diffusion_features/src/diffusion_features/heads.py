@@ -167,7 +167,7 @@ class MLPEnsemble:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                value = float(loss)
+                value = float(loss.detach())
                 if value < best:
                     best, stall = value, 0
                 else:

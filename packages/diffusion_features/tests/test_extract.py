@@ -191,3 +191,13 @@ def test_local_pipeline_folder_roundtrip(tmp_path, sd15):
         load_backbone(root)
     with pytest.raises(FileNotFoundError):
         load_backbone(tmp_path / "nowhere")
+
+
+def test_per_image_seeds_do_not_depend_on_batching(sd15):
+    emb, _ = default_prompt_embeds(sd15)
+    ex = Extractor(sd15, ["up-level3-repeat2-res-out"], storage_dtype="fp32", img_size=32)
+    x = torch.rand(2, 3, 32, 32)
+    both = ex.extract(x, emb, seed=[7, 8])["up-level3-repeat2-res-out"]
+    one = ex.extract(x[1:], emb, seed=[8])["up-level3-repeat2-res-out"]
+    assert torch.allclose(both[1:], one, atol=1e-5)
+    assert not torch.allclose(both[:1], one, atol=1e-3)

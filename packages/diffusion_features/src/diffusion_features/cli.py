@@ -191,7 +191,8 @@ def _extract(args, device) -> int:
     with Timer() as timer:
         for i in progress(range(0, len(mine), args.batch_size), desc="extract"):
             chunk = mine[i : i + args.batch_size]
-            feats = ex.extract([load_image(f) for f in chunk], emb, t=args.t, seed=args.seed + i,
+            seeds = [args.seed * 1_000_003 + files.index(f) for f in chunk]
+            feats = ex.extract([load_image(f) for f in chunk], emb, t=args.t, seed=seeds,
                                n_ensemble=args.ensemble, pooled_prompt_embeds=pooled)  # fmt: skip
             for j, f in enumerate(chunk):
                 one = {k: v[j].contiguous() for k, v in feats.items()}
@@ -251,7 +252,8 @@ def _features_for(args, device, images, files):
     parts: dict[str, list[torch.Tensor]] = {}
     for s in progress(range(0, len(idx), args.batch_size), desc="extract"):
         sel = idx[s : s + args.batch_size]
-        f = ex.extract(images[sel], emb, t=args.t, seed=args.seed + int(sel[0]),
+        seeds = [args.seed * 1_000_003 + int(j) for j in sel]  # per image: shard-invariant
+        f = ex.extract(images[sel], emb, t=args.t, seed=seeds,
                        n_ensemble=args.ensemble, pooled_prompt_embeds=pooled)  # fmt: skip
         for k, v in f.items():
             parts.setdefault(k, []).append(v.float())

@@ -263,7 +263,9 @@ class Extractor:
     def _noise(self, z0, t, generator):
         sched = self.bb.scheduler
         timestep, _ = img2img_timestep(sched, t)
-        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         if t == 0:
             zt = z0
         elif hasattr(sched, "add_noise"):
@@ -320,9 +322,11 @@ class Extractor:
         return g
 
     def extract_latents(self, z0: torch.Tensor, prompt_embeds: torch.Tensor, *, t: int = 50,
-                        seed: int | None = 0, n_ensemble: int = 1,
+                        seed: int | Sequence[int] | None = 0, n_ensemble: int = 1,
                         pooled_prompt_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Steps 3–6 from clean latents ``z0`` (B, C, h, w); returns ``{id: (B, C, h', w')}``."""
+        """Steps 3–6 from clean latents ``z0`` (B, C, h, w); returns ``{id: (B, C, h', w')}``.
+
+        ``seed``: an int (one generator for the batch), a list of per-image seeds, or None."""
         if n_ensemble < 1:
             raise UserError(f"n_ensemble must be >= 1, got {n_ensemble}")
         z0 = z0.to(self.device)
@@ -345,14 +349,19 @@ class Extractor:
         return {k: (v / n_ensemble).to(self.storage_dtype) for k, v in total.items()}
 
     def _generator(self, seed):
+        """One generator, or one per image when ``seed`` is a sequence (per-image noise does
+        not depend on how images are batched or sharded over ranks)."""
         if seed is None:
             return None
+        if isinstance(seed, (list, tuple)):
+            return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seed]
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
     def extract(self, images, prompt_embeds: torch.Tensor | None = None, *, prompt: str | None = None,
-                t: int = 50, seed: int | None = 0, n_ensemble: int = 1,
+                t: int = 50, seed: int | Sequence[int] | None = 0, n_ensemble: int = 1,
                 pooled_prompt_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """The whole recipe from images (PIL list or (B, 3, H, W) in [0, 1])."""
+        """The whole recipe from images (PIL list or (B, 3, H, W) in [0, 1]); the VAE sample
+        and the noise draw come from ``seed`` (an int, or one seed per image)."""
         x = self.preprocess(images)
         if prompt_embeds is None:
             if prompt is None:
@@ -362,9 +371,17 @@ class Extractor:
         z0 = self.encode_images(x, gen)
         model_dtype = next(self.bb.model.parameters()).dtype
         return self.extract_latents(z0.to(model_dtype), prompt_embeds.to(model_dtype), t=t,
-                                    seed=None if seed is None else seed + 1,
+                                    seed=_next_seed(seed),
                                     n_ensemble=n_ensemble,
                                     pooled_prompt_embeds=pooled_prompt_embeds)  # fmt: skip
+
+
+def _next_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, (list, tuple)):
+        return [s + 1_000_003 for s in seed]
+    return seed + 1
 
 
 def merge(features: dict[str, torch.Tensor], size: int | tuple[int, int] | None = None,

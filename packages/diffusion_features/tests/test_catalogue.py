@@ -23,7 +23,12 @@ def test_t1_metadata(sd15):
     by = {a.id: a for a in catalogue(sd15.model, cross_kv=True)}
     a = by["up-level1-repeat1-vit-block0-cross-q"]
     assert (a.module, a.channels, a.scale, a.zone, a.tokens) == (
-        "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q", 64, 4, "up-early", True)
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q",
+        64,
+        4,
+        "up-early",
+        True,
+    )
     assert by["up-level3-repeat0-vit-block0-self-k"].zone == "up-late"
     assert by["up-level2-upsampler-out"].scale == 1  # already at level 3's resolution
     assert by["up-level0-upsampler-out"].scale == 4
@@ -49,7 +54,15 @@ def test_t3_pixart_8L(layers):
     acts = catalogue(tiny_pixart(num_layers=layers))
     assert len(acts) == 8 * layers
     assert {a.id.split("-", 2)[2] for a in acts} == {
-        "self-q", "self-k", "self-v", "cross-q", "ffn-inner", "out", "self-map", "cross-map"}
+        "self-q",
+        "self-k",
+        "self-v",
+        "cross-q",
+        "ffn-inner",
+        "out",
+        "self-map",
+        "cross-map",
+    }
     assert all(a.scale == 2 for a in acts)  # patch 2
 
 
@@ -60,7 +73,7 @@ def test_flux_catalogue():
 
 
 def test_unknown_ids_named(sd15):
-    with pytest.raises(UserError, match="up-level9-repeat0-res-out.*did you mean"):
+    with pytest.raises(UserError, match=r"up-level9-repeat0-res-out.*did you mean"):
         resolve_ids(sd15.model, ["up-level1-repeat2-res-out", "up-level9-repeat0-res-out"])
     with pytest.raises(UserError, match="no activation IDs"):
         resolve_ids(sd15.model, [])

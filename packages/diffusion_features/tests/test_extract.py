@@ -92,9 +92,14 @@ def test_euler_scale_model_input_and_sdxl_conditions(sdxl):
 def test_maps_processor_and_up_cross(sd15):
     emb, _ = default_prompt_embeds(sd15)
     procs = {k: type(v) for k, v in sd15.model.attn_processors.items()}
-    ids = ["up-level1-repeat0-vit-block0-cross-map", "up-level2-repeat0-vit-block0-self-map",
-           UP_CROSS]  # fmt: skip
-    feats = Extractor(sd15, ids, storage_dtype="fp32").extract_latents(torch.randn(1, 4, 32, 32), emb)
+    ids = [
+        "up-level1-repeat0-vit-block0-cross-map",
+        "up-level2-repeat0-vit-block0-self-map",
+        UP_CROSS,
+    ]
+    feats = Extractor(sd15, ids, storage_dtype="fp32").extract_latents(
+        torch.randn(1, 4, 32, 32), emb
+    )
     cm = feats["up-level1-repeat0-vit-block0-cross-map"]
     assert tuple(cm.shape) == (1, 77, 8, 8)
     assert torch.allclose(cm.sum(1), torch.ones(1, 8, 8), atol=1e-4)  # softmax over tokens
@@ -114,7 +119,8 @@ def test_hooks_removed_and_early_stop(sd15):
         f = ex.extract_latents(torch.randn(1, 4, 16, 16), emb)
         assert ran == [] and tuple(f["down-level1-repeat0-res-out"].shape) == (1, 32, 8, 8)
         Extractor(sd15, ["down-level1-repeat0-res-out"], stop_early=False).extract_latents(
-            torch.randn(1, 4, 16, 16), emb)
+            torch.randn(1, 4, 16, 16), emb
+        )
         assert ran == ["up0"]
     finally:
         h.remove()
@@ -144,7 +150,9 @@ def test_images_through_vae_and_precision(sd15):
     f = ex.extract(torch.rand(2, 3, 20, 30), emb)["up-level3-repeat2-res-out"]
     assert tuple(f.shape) == (2, 32, 16, 24)  # VAE factor 2
     bf = Extractor(sd15, ["up-level3-repeat2-res-out"], precision="bf16", img_size=32)
-    assert torch.isfinite(bf.extract(torch.rand(1, 3, 32, 32), emb)["up-level3-repeat2-res-out"]).all()
+    assert torch.isfinite(
+        bf.extract(torch.rand(1, 3, 32, 32), emb)["up-level3-repeat2-res-out"]
+    ).all()
     with pytest.raises(UserError, match="fp16"):
         Extractor(sd15, ["unet-out"], precision="fp16")
 
@@ -157,7 +165,8 @@ def test_dit_token_grids(name):
     if name == "tiny-flux":
         ids += ["vit-single-block0-q", "vit-single-block1-out"]
     f = Extractor(bb, ids, storage_dtype="fp32").extract_latents(
-        torch.randn(1, 4, 16, 24), emb, pooled_prompt_embeds=pooled)
+        torch.randn(1, 4, 16, 24), emb, pooled_prompt_embeds=pooled
+    )
     for k in ids:
         assert tuple(f[k].shape[-2:]) == (8, 12), k  # (latent / 2) grid, non-square
 
@@ -187,7 +196,7 @@ def test_local_pipeline_folder_roundtrip(tmp_path, sd15):
     b = Extractor(sd15, ["unet-out"]).extract_latents(z0, emb)["unet-out"]
     assert torch.allclose(a.float(), b.float(), atol=2e-3)
     (root / "unet" / "config.json").unlink()
-    with pytest.raises(UserError, match="config.json"):
+    with pytest.raises(UserError, match=r"config\.json"):
         load_backbone(root)
     with pytest.raises(FileNotFoundError):
         load_backbone(tmp_path / "nowhere")

@@ -86,10 +86,16 @@ def test_nn_correspondence_exact_on_identical_features_and_pck():
     pred = nn_correspondence(feat, feat, kps, (32, 32), (32, 32))
     assert torch.allclose(pred, kps)
     # a shifted target: features moved by 4 px on a 32² image
-    shifted = torch.roll(torch.nn.functional.interpolate(feat[None], size=32, mode="bilinear")[0],
-                         shifts=4, dims=2)  # fmt: skip
-    pred = nn_correspondence(torch.nn.functional.interpolate(feat[None], size=32, mode="bilinear")[0],
-                             shifted, kps[:2], (32, 32), (32, 32))  # fmt: skip
+    shifted = torch.roll(
+        torch.nn.functional.interpolate(feat[None], size=32, mode="bilinear")[0], shifts=4, dims=2
+    )
+    pred = nn_correspondence(
+        torch.nn.functional.interpolate(feat[None], size=32, mode="bilinear")[0],
+        shifted,
+        kps[:2],
+        (32, 32),
+        (32, 32),
+    )
     assert torch.allclose(pred, kps[:2] + torch.tensor([4.0, 0.0]))
     assert pck(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.zeros(2, 2), 0.1, 50) == 0.5
 
@@ -98,7 +104,13 @@ def test_conv_head_training_reduces_loss():
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(8, 16, 16, generator=g)
     kps = torch.rand(6, 2, generator=g) * 60
-    pair = {"src_feat": feat, "trg_feat": feat + 0.5 * torch.randn(feat.shape, generator=g),
-            "src_kps": kps, "trg_kps": kps, "src_size": (64, 64), "trg_size": (64, 64)}
+    pair = {
+        "src_feat": feat,
+        "trg_feat": feat + 0.5 * torch.randn(feat.shape, generator=g),
+        "src_kps": kps,
+        "trg_kps": kps,
+        "src_size": (64, 64),
+        "trg_size": (64, 64),
+    }
     head = train_conv_head([pair], 8, steps=30, lr=5e-3)
     assert head.conv.bias is None and tuple(head.conv.weight.shape) == (8, 8, 3, 3)

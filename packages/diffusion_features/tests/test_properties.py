@@ -17,8 +17,10 @@ def test_t5_filter_sd15(sd15):
     assert jaccard(ids, TABLE6_SD15) >= 0.9
     # the documented deltas: the table keeps self-q/k of the clean zone's last ViT and omits
     # up-level1-upsampler-out
-    assert set(TABLE6_SD15) - set(ids) == {"up-level2-repeat2-vit-block0-self-q",
-                                           "up-level2-repeat2-vit-block0-self-k"}
+    assert set(TABLE6_SD15) - set(ids) == {
+        "up-level2-repeat2-vit-block0-self-q",
+        "up-level2-repeat2-vit-block0-self-k",
+    }
     assert set(ids) - set(TABLE6_SD15) == {"up-level1-upsampler-out"}
 
 
@@ -27,8 +29,10 @@ def test_t5_filter_sdxl_pool(sdxl):
     assert len(ids) == 62 and len(TABLES45_XL) == 63
     assert set(OURS_XL) <= set(ids)
     assert jaccard(ids, TABLES45_XL) >= 0.9
-    assert set(TABLES45_XL) - set(ids) == {"up-level1-repeat2-vit-block0-self-k",
-                                           "up-level1-repeat2-vit-block1-self-k"}
+    assert set(TABLES45_XL) - set(ids) == {
+        "up-level1-repeat2-vit-block0-self-k",
+        "up-level1-repeat2-vit-block1-self-k",
+    }
     assert set(ids) - set(TABLES45_XL) == {"up-level1-upsampler-out"}
     # rule 3 on the full SDXL catalogue: up-level2 has no ViT, so nothing noisy survives
     assert not [a for a in qualitative_filter(catalogue(sdxl.model)) if a.level == 2]
@@ -42,8 +46,9 @@ def test_t9_noise_index_rises_with_white_noise():
     yy, xx = _grid()
     smooth = torch.stack([torch.sin(3 * xx + k) + torch.cos(2 * yy * k) for k in range(8)])
     g = torch.Generator().manual_seed(0)
-    values = [noise_index(smooth + s * torch.randn(smooth.shape, generator=g))
-              for s in (0, 0.1, 0.3, 1.0)]  # fmt: skip
+    values = [
+        noise_index(smooth + s * torch.randn(smooth.shape, generator=g)) for s in (0, 0.1, 0.3, 1.0)
+    ]
     assert values == sorted(values) and values[0] < 0.2 < 1.0 < values[-1]
 
 
@@ -66,9 +71,19 @@ def test_t9_locality_index():
     sem[8:20, 5:15] = 1
     sem[20:30, 18:30] = 2
     onehot = torch.nn.functional.one_hot(sem, 3).permute(2, 0, 1).float()
-    pos = torch.cat([torch.stack([torch.sin(6.28 * f * xx), torch.cos(6.28 * f * xx),
-                                  torch.sin(6.28 * f * yy), torch.cos(6.28 * f * yy)])
-                     for f in (1, 2)])  # fmt: skip
+    pos = torch.cat(
+        [
+            torch.stack(
+                [
+                    torch.sin(6.28 * f * xx),
+                    torch.cos(6.28 * f * xx),
+                    torch.sin(6.28 * f * yy),
+                    torch.cos(6.28 * f * yy),
+                ]
+            )
+            for f in (1, 2)
+        ]
+    )
     values = [locality_index(torch.cat([onehot, a * pos]), sem) for a in (0.0, 0.5, 1.0, 2.0)]
     assert values[0] <= 0 and abs(values[0] + 1) < 1e-6  # one-hot: 0 - 1
     assert values == sorted(values) and values[-1] > 0.5

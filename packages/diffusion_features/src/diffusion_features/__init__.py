@@ -12,19 +12,37 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Activation": "catalogue", "catalogue": "catalogue", "catalogue_table": "catalogue",
-    "resolve_ids": "catalogue", "xl_analysis_pool": "catalogue",
-    "Extractor": "extract", "merge": "extract", "img2img_timestep": "extract",
-    "pixel_latents": "extract", "default_prompt_embeds": "extract", "UP_CROSS": "extract",
-    "Backbone": "models", "load_backbone": "models",
-    "noise_index": "properties", "granularity": "properties", "locality_index": "properties",
+    "Activation": "catalogue",
+    "catalogue": "catalogue",
+    "catalogue_table": "catalogue",
+    "resolve_ids": "catalogue",
+    "xl_analysis_pool": "catalogue",
+    "Extractor": "extract",
+    "merge": "extract",
+    "img2img_timestep": "extract",
+    "pixel_latents": "extract",
+    "default_prompt_embeds": "extract",
+    "UP_CROSS": "extract",
+    "Backbone": "models",
+    "load_backbone": "models",
+    "noise_index": "properties",
+    "granularity": "properties",
+    "locality_index": "properties",
     "qualitative_filter": "properties",
-    "OURS_V15": "selections", "OURS_XL": "selections", "OURS_XL_T": "selections",
-    "LEGACY_V15": "selections", "LEGACY_XL": "selections", "PRESETS": "selections",
-    "LinearProbe": "heads", "MLPEnsemble": "heads", "nn_correspondence": "heads", "pck": "heads",
-    "label_scarce_protocol": "heads", "train_conv_head": "heads",
+    "OURS_V15": "selections",
+    "OURS_XL": "selections",
+    "OURS_XL_T": "selections",
+    "LEGACY_V15": "selections",
+    "LEGACY_XL": "selections",
+    "PRESETS": "selections",
+    "LinearProbe": "heads",
+    "MLPEnsemble": "heads",
+    "nn_correspondence": "heads",
+    "pck": "heads",
+    "label_scarce_protocol": "heads",
+    "train_conv_head": "heads",
     "synthetic_shapes": "data",
-}  # fmt: skip
+}
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 

@@ -31,8 +31,16 @@ class MapRecorder(AttnProcessor):
         super().__init__()
         self.key, self.sink, self.dtype = key, sink, dtype
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):  # fmt: skip
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -40,8 +48,9 @@ class MapRecorder(AttnProcessor):
         if input_ndim == 4:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch, seq = (hidden_states if encoder_hidden_states is None
-                      else encoder_hidden_states).shape[:2]  # fmt: skip
+        batch, seq = (
+            hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        ).shape[:2]
         attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -81,8 +90,13 @@ def record_maps(model: torch.nn.Module, modules: dict[str, str], sink: dict, dty
             model.get_submodule(path).set_processor(proc)
 
 
-def up_cross_maps(maps: dict[str, torch.Tensor], sides: dict[str, tuple[int, int]],
-                  latent_hw: tuple[int, int], lo: int, hi: int) -> torch.Tensor:  # fmt: skip
+def up_cross_maps(
+    maps: dict[str, torch.Tensor],
+    sides: dict[str, tuple[int, int]],
+    latent_hw: tuple[int, int],
+    lo: int,
+    hi: int,
+) -> torch.Tensor:
     """The 154-channel ``up_cross`` feature from recorded up-stage cross maps.
 
     Args:

@@ -29,13 +29,23 @@ __all__ = ["EARLY_ID", "run_bench"]
 EARLY_ID = "down-level1-repeat0-res-out"
 # 16 activations spread over the network (the "≤ 16" case of the claim)
 SIXTEEN = (
-    "unet-after-conv-in", "down-level0-repeat0-res-out", "down-level0-repeat1-vit-out",
-    "down-level1-repeat0-res-out", "down-level2-downsampler-out", "down-level3-repeat1-res-out",
-    "mid-repeat0-vit-block0-out", "up-level0-repeat2-res-out", "up-level0-upsampler-out",
-    "up-level1-repeat1-vit-block0-cross-q", "up-level1-repeat2-res-out",
-    "up-level2-repeat1-vit-block0-cross-q", "up-level2-upsampler-out",
-    "up-level3-repeat0-vit-block0-self-k", "up-level3-repeat2-vit-out", "unet-out",
-)  # fmt: skip
+    "unet-after-conv-in",
+    "down-level0-repeat0-res-out",
+    "down-level0-repeat1-vit-out",
+    "down-level1-repeat0-res-out",
+    "down-level2-downsampler-out",
+    "down-level3-repeat1-res-out",
+    "mid-repeat0-vit-block0-out",
+    "up-level0-repeat2-res-out",
+    "up-level0-upsampler-out",
+    "up-level1-repeat1-vit-block0-cross-q",
+    "up-level1-repeat2-res-out",
+    "up-level2-repeat1-vit-block0-cross-q",
+    "up-level2-upsampler-out",
+    "up-level3-repeat0-vit-block0-self-k",
+    "up-level3-repeat2-vit-out",
+    "unet-out",
+)
 
 
 def _unet(quick: bool, seed: int):
@@ -47,15 +57,26 @@ def _unet(quick: bool, seed: int):
         return full_sd15(seed)
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128, 128),
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2, cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
-    ).eval()  # fmt: skip
+        layers_per_block=2,
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    ).eval()
 
 
-def run_bench(quick: bool = False, device: str | torch.device = "cpu", seed: int = 0,
-              repeats: int | None = None, precision: str = "fp32") -> dict:  # fmt: skip
+def run_bench(
+    quick: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    repeats: int | None = None,
+    precision: str = "fp32",
+) -> dict:
     device = torch.device(device)
     unet = _unet(quick, seed).to(device)
     side = 16 if quick else 64
@@ -67,15 +88,21 @@ def run_bench(quick: bool = False, device: str | torch.device = "cpu", seed: int
     all_ids = [a.id for a in catalogue(unet)]
     variants = {
         "plain": None,
-        "capture_1": Extractor(bb, ["up-level1-repeat1-vit-block0-cross-q"], stop_early=False,
-                               device=device, precision=precision),
-        "capture_16": Extractor(bb, SIXTEEN, stop_early=False, device=device,
-                                precision=precision),
-        f"capture_all_{len(all_ids)}": Extractor(bb, all_ids, stop_early=False, device=device,
-                                                 precision=precision),
-        "early_stop": Extractor(bb, [EARLY_ID], stop_early=True, device=device,
-                                precision=precision),
-    }  # fmt: skip
+        "capture_1": Extractor(
+            bb,
+            ["up-level1-repeat1-vit-block0-cross-q"],
+            stop_early=False,
+            device=device,
+            precision=precision,
+        ),
+        "capture_16": Extractor(bb, SIXTEEN, stop_early=False, device=device, precision=precision),
+        f"capture_all_{len(all_ids)}": Extractor(
+            bb, all_ids, stop_early=False, device=device, precision=precision
+        ),
+        "early_stop": Extractor(
+            bb, [EARLY_ID], stop_early=True, device=device, precision=precision
+        ),
+    }
     from labcore.dist import autocast
 
     ref = variants["capture_1"]
@@ -96,8 +123,9 @@ def run_bench(quick: bool = False, device: str | torch.device = "cpu", seed: int
     peaks, stored = {}, {}
     for k, fn in calls.items():  # warm-up (allocator, lazy init) that also measures memory
         box = {}
-        peaks[k] = peak_memory(lambda fn=fn, box=box: box.setdefault("out", fn()),
-                               device=device, method="tensors").peak_bytes  # fmt: skip
+        peaks[k] = peak_memory(
+            lambda fn=fn, box=box: box.setdefault("out", fn()), device=device, method="tensors"
+        ).peak_bytes
         if isinstance(box["out"], dict):
             stored[k] = sum(t.numel() * t.element_size() for t in box["out"].values())
         del box
@@ -115,9 +143,16 @@ def run_bench(quick: bool = False, device: str | torch.device = "cpu", seed: int
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["plain"]
     return {
-        "config": {"quick": quick, "latent": side, "repeats": repeats, "ids_total": len(all_ids),
-                   "widths": list(unet.config.block_out_channels), "device": str(device),
-                   "precision": precision, "storage": "fp16 on cpu"},  # fmt: skip
+        "config": {
+            "quick": quick,
+            "latent": side,
+            "repeats": repeats,
+            "ids_total": len(all_ids),
+            "widths": list(unet.config.block_out_channels),
+            "device": str(device),
+            "precision": precision,
+            "storage": "fp16 on cpu",
+        },
         "median_seconds": med,
         "all_seconds": times,
         "overhead_vs_plain": {k: med[k] / base - 1 for k in med if k != "plain"},

@@ -48,10 +48,28 @@ __all__ = [
     "xl_analysis_pool",
 ]
 
-KINDS = ("unet-in", "unet-after-conv-in", "unet-out", "res-increment", "res-out", "self-q",
-         "self-k", "self-v", "cross-q", "cross-k", "cross-v", "ffn-inner", "block-out",
-         "vit-out", "upsampler", "downsampler", "self-map", "cross-map", "attn-out",
-         "norm-out")  # fmt: skip
+KINDS = (
+    "unet-in",
+    "unet-after-conv-in",
+    "unet-out",
+    "res-increment",
+    "res-out",
+    "self-q",
+    "self-k",
+    "self-v",
+    "cross-q",
+    "cross-k",
+    "cross-v",
+    "ffn-inner",
+    "block-out",
+    "vit-out",
+    "upsampler",
+    "downsampler",
+    "self-map",
+    "cross-map",
+    "attn-out",
+    "norm-out",
+)
 INCREMENTS = ("res-increment", "ffn-inner", "self-v")
 MAPS = ("self-map", "cross-map")
 
@@ -108,16 +126,55 @@ def _ffn_width(ff: nn.Module) -> int:
 def _vit_ids(prefix, path, vit, scale, zone, stage, level, repeat, out) -> None:
     width = vit.transformer_blocks[0].attn1.to_q.out_features
     for i, blk in enumerate(vit.transformer_blocks):
-        _block_ids(f"{prefix}-vit-block{i}", f"{path}.transformer_blocks.{i}", blk, scale, zone,
-                   stage, level, repeat, i, out)  # fmt: skip
-    out.append(Activation(f"{prefix}-vit-out", path, "output", stage, level, repeat, None,
-                          "vit-out", vit.config.out_channels or width, scale, False, zone))  # fmt: skip
+        _block_ids(
+            f"{prefix}-vit-block{i}",
+            f"{path}.transformer_blocks.{i}",
+            blk,
+            scale,
+            zone,
+            stage,
+            level,
+            repeat,
+            i,
+            out,
+        )
+    out.append(
+        Activation(
+            f"{prefix}-vit-out",
+            path,
+            "output",
+            stage,
+            level,
+            repeat,
+            None,
+            "vit-out",
+            vit.config.out_channels or width,
+            scale,
+            False,
+            zone,
+        )
+    )
 
 
 def _block_ids(prefix, path, blk, scale, zone, stage, level, repeat, i, out) -> None:
     def add(suffix, module, hook, kind, ch, tokens=True, text_only=False):
-        out.append(Activation(f"{prefix}-{suffix}", module, hook, stage, level, repeat, i, kind,
-                              ch, scale, tokens, zone, text_only))  # fmt: skip
+        out.append(
+            Activation(
+                f"{prefix}-{suffix}",
+                module,
+                hook,
+                stage,
+                level,
+                repeat,
+                i,
+                kind,
+                ch,
+                scale,
+                tokens,
+                zone,
+                text_only,
+            )
+        )
 
     a1, a2 = blk.attn1, blk.attn2
     add("self-q", f"{path}.attn1.to_q", "output", "self-q", a1.to_q.out_features)
@@ -125,10 +182,22 @@ def _block_ids(prefix, path, blk, scale, zone, stage, level, repeat, i, out) -> 
     add("self-v", f"{path}.attn1.to_v", "output", "self-v", a1.to_v.out_features)
     if a2 is not None:
         add("cross-q", f"{path}.attn2.to_q", "output", "cross-q", a2.to_q.out_features)
-        add("cross-k", f"{path}.attn2.to_k", "output", "cross-k", a2.to_k.out_features,
-            text_only=True)  # fmt: skip
-        add("cross-v", f"{path}.attn2.to_v", "output", "cross-v", a2.to_v.out_features,
-            text_only=True)  # fmt: skip
+        add(
+            "cross-k",
+            f"{path}.attn2.to_k",
+            "output",
+            "cross-k",
+            a2.to_k.out_features,
+            text_only=True,
+        )
+        add(
+            "cross-v",
+            f"{path}.attn2.to_v",
+            "output",
+            "cross-v",
+            a2.to_v.out_features,
+            text_only=True,
+        )
     add("ffn-inner", f"{path}.ff.net.0", "output", "ffn-inner", _ffn_width(blk.ff))
     add("out", path, "output", "block-out", a1.to_q.in_features)
     add("self-map", f"{path}.attn1", "map", "self-map", -1)  # channels = #image tokens
@@ -138,57 +207,190 @@ def _block_ids(prefix, path, blk, scale, zone, stage, level, repeat, i, out) -> 
 
 def _res_ids(prefix, path, res, scale, zone, stage, level, repeat, out) -> None:
     ch = res.conv2.out_channels
-    out.append(Activation(f"{prefix}-res-increment", f"{path}.conv2", "output", stage, level,
-                          repeat, None, "res-increment", ch, scale, False, zone))  # fmt: skip
-    out.append(Activation(f"{prefix}-res-out", path, "output", stage, level, repeat, None,
-                          "res-out", ch, scale, False, zone))  # fmt: skip
+    out.append(
+        Activation(
+            f"{prefix}-res-increment",
+            f"{path}.conv2",
+            "output",
+            stage,
+            level,
+            repeat,
+            None,
+            "res-increment",
+            ch,
+            scale,
+            False,
+            zone,
+        )
+    )
+    out.append(
+        Activation(
+            f"{prefix}-res-out",
+            path,
+            "output",
+            stage,
+            level,
+            repeat,
+            None,
+            "res-out",
+            ch,
+            scale,
+            False,
+            zone,
+        )
+    )
 
 
 def _unet(model) -> list[Activation]:
     out: list[Activation] = []
     n = len(model.down_blocks)
-    out.append(Activation("unet-in", "conv_in", "input", "unet", None, None, None, "unet-in",
-                          model.conv_in.in_channels, 1, False, "in"))  # fmt: skip
-    out.append(Activation("unet-after-conv-in", "conv_in", "output", "unet", None, None, None,
-                          "unet-after-conv-in", model.conv_in.out_channels, 1, False,
-                          "in"))  # fmt: skip
+    out.append(
+        Activation(
+            "unet-in",
+            "conv_in",
+            "input",
+            "unet",
+            None,
+            None,
+            None,
+            "unet-in",
+            model.conv_in.in_channels,
+            1,
+            False,
+            "in",
+        )
+    )
+    out.append(
+        Activation(
+            "unet-after-conv-in",
+            "conv_in",
+            "output",
+            "unet",
+            None,
+            None,
+            None,
+            "unet-after-conv-in",
+            model.conv_in.out_channels,
+            1,
+            False,
+            "in",
+        )
+    )
     for L, blk in enumerate(model.down_blocks):
         scale, base = 2**L, f"down_blocks.{L}"
         for R, res in enumerate(blk.resnets):
-            _res_ids(f"down-level{L}-repeat{R}", f"{base}.resnets.{R}", res, scale, "down",
-                     "down", L, R, out)  # fmt: skip
+            _res_ids(
+                f"down-level{L}-repeat{R}",
+                f"{base}.resnets.{R}",
+                res,
+                scale,
+                "down",
+                "down",
+                L,
+                R,
+                out,
+            )
             if getattr(blk, "attentions", None) is not None and R < len(blk.attentions):
-                _vit_ids(f"down-level{L}-repeat{R}", f"{base}.attentions.{R}", blk.attentions[R],
-                         scale, "down", "down", L, R, out)  # fmt: skip
+                _vit_ids(
+                    f"down-level{L}-repeat{R}",
+                    f"{base}.attentions.{R}",
+                    blk.attentions[R],
+                    scale,
+                    "down",
+                    "down",
+                    L,
+                    R,
+                    out,
+                )
         if blk.downsamplers:
             ds = blk.downsamplers[0]
-            out.append(Activation(f"down-level{L}-downsampler-out", f"{base}.downsamplers.0",
-                                  "output", "down", L, None, None, "downsampler",
-                                  ds.out_channels, 2 * scale, False, "down"))  # fmt: skip
+            out.append(
+                Activation(
+                    f"down-level{L}-downsampler-out",
+                    f"{base}.downsamplers.0",
+                    "output",
+                    "down",
+                    L,
+                    None,
+                    None,
+                    "downsampler",
+                    ds.out_channels,
+                    2 * scale,
+                    False,
+                    "down",
+                )
+            )
     mid, scale = model.mid_block, 2 ** (n - 1)
     if mid is not None:
         for R, res in enumerate(mid.resnets):
-            _res_ids(f"mid-repeat{R}", f"mid_block.resnets.{R}", res, scale, "mid", "mid", None,
-                     R, out)  # fmt: skip
+            _res_ids(
+                f"mid-repeat{R}", f"mid_block.resnets.{R}", res, scale, "mid", "mid", None, R, out
+            )
             if getattr(mid, "attentions", None) is not None and R < len(mid.attentions):
-                _vit_ids(f"mid-repeat{R}", f"mid_block.attentions.{R}", mid.attentions[R], scale,
-                         "mid", "mid", None, R, out)  # fmt: skip
+                _vit_ids(
+                    f"mid-repeat{R}",
+                    f"mid_block.attentions.{R}",
+                    mid.attentions[R],
+                    scale,
+                    "mid",
+                    "mid",
+                    None,
+                    R,
+                    out,
+                )
     for L, blk in enumerate(model.up_blocks):
         scale, base = 2 ** (n - 1 - L), f"up_blocks.{L}"
         zone = "up-late" if L == len(model.up_blocks) - 1 else "up-early"
         for R, res in enumerate(blk.resnets):
-            _res_ids(f"up-level{L}-repeat{R}", f"{base}.resnets.{R}", res, scale, zone, "up", L,
-                     R, out)  # fmt: skip
+            _res_ids(
+                f"up-level{L}-repeat{R}", f"{base}.resnets.{R}", res, scale, zone, "up", L, R, out
+            )
             if getattr(blk, "attentions", None) is not None and R < len(blk.attentions):
-                _vit_ids(f"up-level{L}-repeat{R}", f"{base}.attentions.{R}", blk.attentions[R],
-                         scale, zone, "up", L, R, out)  # fmt: skip
+                _vit_ids(
+                    f"up-level{L}-repeat{R}",
+                    f"{base}.attentions.{R}",
+                    blk.attentions[R],
+                    scale,
+                    zone,
+                    "up",
+                    L,
+                    R,
+                    out,
+                )
         if blk.upsamplers:
             us = blk.upsamplers[0]
-            out.append(Activation(f"up-level{L}-upsampler-out", f"{base}.upsamplers.0", "output",
-                                  "up", L, None, None, "upsampler", us.out_channels,
-                                  max(scale // 2, 1), False, zone))  # fmt: skip
-    out.append(Activation("unet-out", "conv_out", "output", "unet", None, None, None, "unet-out",
-                          model.conv_out.out_channels, 1, False, "out"))  # fmt: skip
+            out.append(
+                Activation(
+                    f"up-level{L}-upsampler-out",
+                    f"{base}.upsamplers.0",
+                    "output",
+                    "up",
+                    L,
+                    None,
+                    None,
+                    "upsampler",
+                    us.out_channels,
+                    max(scale // 2, 1),
+                    False,
+                    zone,
+                )
+            )
+    out.append(
+        Activation(
+            "unet-out",
+            "conv_out",
+            "output",
+            "unet",
+            None,
+            None,
+            None,
+            "unet-out",
+            model.conv_out.out_channels,
+            1,
+            False,
+            "out",
+        )
+    )
     return out
 
 
@@ -196,8 +398,9 @@ def _pixart(model) -> list[Activation]:
     out: list[Activation] = []
     patch = int(model.config.patch_size)
     for i, blk in enumerate(model.transformer_blocks):
-        _block_ids(f"vit-block{i}", f"transformer_blocks.{i}", blk, patch, "dit", "dit", None,
-                   None, i, out)  # fmt: skip
+        _block_ids(
+            f"vit-block{i}", f"transformer_blocks.{i}", blk, patch, "dit", "dit", None, None, i, out
+        )
     return out
 
 
@@ -206,8 +409,23 @@ def _flux(model) -> list[Activation]:
     patch = 2 * int(model.config.patch_size)  # the pipeline packs 2×2 latent pixels per token
 
     def add(prefix, path, i, suffix, module, kind, ch, stream):
-        out.append(Activation(f"{prefix}{i}-{suffix}", f"{path}.{i}{module}", "output", "dit",
-                              None, None, i, kind, ch, patch, True, "dit", stream=stream))  # fmt: skip
+        out.append(
+            Activation(
+                f"{prefix}{i}-{suffix}",
+                f"{path}.{i}{module}",
+                "output",
+                "dit",
+                None,
+                None,
+                i,
+                kind,
+                ch,
+                patch,
+                True,
+                "dit",
+                stream=stream,
+            )
+        )
 
     for i, blk in enumerate(model.transformer_blocks):
         d = blk.attn.to_q.out_features
@@ -219,12 +437,27 @@ def _flux(model) -> list[Activation]:
     for i, blk in enumerate(model.single_transformer_blocks):
         d = blk.attn.to_q.out_features
         for s in ("q", "k", "v"):
-            add("vit-single-block", "single_transformer_blocks", i, s, f".attn.to_{s}",
-                f"self-{s}", d, "joint")  # fmt: skip
-        add("vit-single-block", "single_transformer_blocks", i, "attn-out", ".attn", "attn-out",
-            d, "joint")  # fmt: skip
-        add("vit-single-block", "single_transformer_blocks", i, "out", "", "block-out", d,
-            "second")  # fmt: skip
+            add(
+                "vit-single-block",
+                "single_transformer_blocks",
+                i,
+                s,
+                f".attn.to_{s}",
+                f"self-{s}",
+                d,
+                "joint",
+            )
+        add(
+            "vit-single-block",
+            "single_transformer_blocks",
+            i,
+            "attn-out",
+            ".attn",
+            "attn-out",
+            d,
+            "joint",
+        )
+        add("vit-single-block", "single_transformer_blocks", i, "out", "", "block-out", d, "second")
     return out
 
 
@@ -242,8 +475,10 @@ def catalogue(model: nn.Module, *, cross_kv: bool = False, maps: bool = True) ->
     elif name == "FluxTransformer2DModel":
         acts = _flux(model)
     else:
-        raise UserError(f"no catalogue for {name}; supported: UNet2DConditionModel, "
-                        "PixArtTransformer2DModel, FluxTransformer2DModel")  # fmt: skip
+        raise UserError(
+            f"no catalogue for {name}; supported: UNet2DConditionModel, "
+            "PixArtTransformer2DModel, FluxTransformer2DModel"
+        )
     if not cross_kv:
         acts = [a for a in acts if not a.text_only]
     if not maps:
@@ -261,9 +496,11 @@ def resolve_ids(model: nn.Module, ids) -> list[Activation]:
 
         hint = difflib.get_close_matches(unknown[0], list(by_id), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UserError(f"unknown activation ID(s) for {type(model).__name__}: "
-                        f"{', '.join(unknown)}{extra}; `diffusion_features catalogue` "
-                        "lists them")  # fmt: skip
+        raise UserError(
+            f"unknown activation ID(s) for {type(model).__name__}: "
+            f"{', '.join(unknown)}{extra}; `diffusion_features catalogue` "
+            "lists them"
+        )
     if not ids:
         raise UserError("no activation IDs given")
     return [by_id[i] for i in ids]
@@ -276,16 +513,29 @@ def xl_analysis_pool(model: nn.Module) -> list[Activation]:
     """The SDXL analysis pool (``config_xl_analysis.json``, 279 IDs on the SDXL topology): every
     res-increment/res-out, vit-out and sampler, and per transformer block self-q, self-k,
     cross-q, ffn-inner and out, with only blocks {0, 1, 3, 5, 7, 9} of 10-deep ViTs."""
-    keep = ("res-increment", "res-out", "vit-out", "upsampler", "downsampler", "self-q",
-            "self-k", "cross-q", "ffn-inner", "block-out")  # fmt: skip
+    keep = (
+        "res-increment",
+        "res-out",
+        "vit-out",
+        "upsampler",
+        "downsampler",
+        "self-q",
+        "self-k",
+        "cross-q",
+        "ffn-inner",
+        "block-out",
+    )
     depth: dict[tuple, int] = {}
     acts = [a for a in catalogue(model) if a.kind in keep and a.stage in ("down", "mid", "up")]
     for a in acts:
         if a.block is not None:
             key = (a.stage, a.level, a.repeat)
             depth[key] = max(depth.get(key, 0), a.block + 1)
-    return [a for a in acts if a.block is None or depth[(a.stage, a.level, a.repeat)] < 10
-            or a.block in _DEEP_BLOCKS]  # fmt: skip
+    return [
+        a
+        for a in acts
+        if a.block is None or depth[(a.stage, a.level, a.repeat)] < 10 or a.block in _DEEP_BLOCKS
+    ]
 
 
 def catalogue_table(acts: list[Activation], latent_side: int | None = None) -> str:
@@ -300,4 +550,3 @@ def catalogue_table(acts: list[Activation], latent_side: int | None = None) -> s
             row += f" {'-' if a.text_only else a.side(latent_side):>5}"
         rows.append(row)
     return "\n".join(rows)
-

@@ -100,15 +100,19 @@ def load_ddpm_seg(folder: str | Path, size: int | None = None):
             raise UserError(f"cannot read label file {lab_path}: {e}") from None
         im = load_image(f)
         if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
-            raise UserError(f"label file {lab_path} must hold an integer (H, W) array, "
-                            f"got {lab.dtype} {lab.shape}")  # fmt: skip
+            raise UserError(
+                f"label file {lab_path} must hold an integer (H, W) array, "
+                f"got {lab.dtype} {lab.shape}"
+            )
         if lab.shape != (im.height, im.width):
-            raise UserError(f"label {lab_path} is {lab.shape}, image {f} is "
-                            f"{(im.height, im.width)}")  # fmt: skip
+            raise UserError(
+                f"label {lab_path} is {lab.shape}, image {f} is {(im.height, im.width)}"
+            )
         if size:
             im = im.resize((size, size), Image.BICUBIC)
-            lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((size, size),
-                                                                           Image.NEAREST))  # fmt: skip
+            lab = np.asarray(
+                Image.fromarray(lab.astype(np.int32)).resize((size, size), Image.NEAREST)
+            )
         images.append(np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0)
         labels.append(lab.astype(np.int64))
     shapes = {x.shape for x in images}
@@ -117,8 +121,13 @@ def load_ddpm_seg(folder: str | Path, size: int | None = None):
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), files
 
 
-def load_spair_pairs(root: str | Path, split: str = "test", limit: int | None = None,
-                     seed: int = 0, pair_list: str | Path | None = None) -> list[dict]:  # fmt: skip
+def load_spair_pairs(
+    root: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+    pair_list: str | Path | None = None,
+) -> list[dict]:
     """SPair-71k pairs as dicts (paths, category, keypoints (K, 2) x/y, bboxes x0 y0 x1 y1)."""
     root = Path(root)
     ann = root / "PairAnnotation" / split
@@ -139,15 +148,18 @@ def load_spair_pairs(root: str | Path, split: str = "test", limit: int | None = 
         try:
             a = json.loads(f.read_text())
             cat = a["category"]
-            pairs.append({
-                "name": f.stem, "category": cat,
-                "src": root / "JPEGImages" / cat / a["src_imname"],
-                "trg": root / "JPEGImages" / cat / a["trg_imname"],
-                "src_kps": torch.tensor(a["src_kps"], dtype=torch.float32).reshape(-1, 2),
-                "trg_kps": torch.tensor(a["trg_kps"], dtype=torch.float32).reshape(-1, 2),
-                "src_bbox": torch.tensor(a["src_bndbox"], dtype=torch.float32),
-                "trg_bbox": torch.tensor(a["trg_bndbox"], dtype=torch.float32),
-            })  # fmt: skip
+            pairs.append(
+                {
+                    "name": f.stem,
+                    "category": cat,
+                    "src": root / "JPEGImages" / cat / a["src_imname"],
+                    "trg": root / "JPEGImages" / cat / a["trg_imname"],
+                    "src_kps": torch.tensor(a["src_kps"], dtype=torch.float32).reshape(-1, 2),
+                    "trg_kps": torch.tensor(a["trg_kps"], dtype=torch.float32).reshape(-1, 2),
+                    "src_bbox": torch.tensor(a["src_bndbox"], dtype=torch.float32),
+                    "trg_bbox": torch.tensor(a["trg_bndbox"], dtype=torch.float32),
+                }
+            )
         except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, ValueError) as e:
             raise UserError(f"bad SPair pair file {f}: {type(e).__name__}: {e}") from None
         if len(pairs[-1]["src_kps"]) != len(pairs[-1]["trg_kps"]):

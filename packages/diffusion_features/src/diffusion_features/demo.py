@@ -31,8 +31,11 @@ from labcore.cli import progress
 
 __all__ = ["DEMO_IDS", "run_demo"]
 
-HIGH_RES = ("up-level3-repeat2-res-out", "down-level0-repeat0-res-out",
-            "up-level3-repeat0-vit-block0-self-k")  # fmt: skip
+HIGH_RES = (
+    "up-level3-repeat2-res-out",
+    "down-level0-repeat0-res-out",
+    "up-level3-repeat0-vit-block0-self-k",
+)
 CROSS_16 = "up-level1-repeat1-vit-block0-cross-q"
 DEMO_IDS = (*HIGH_RES, CROSS_16)
 
@@ -46,8 +49,15 @@ def _features(ex, z, emb, t, seed, n_ensemble, batch):
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def run_demo(n_train: int = 16, n_test: int = 16, seed: int = 0, n_pixels: int = 20000,
-             ensemble: int = 4, batch: int = 8, with_vae: bool = True) -> dict:  # fmt: skip
+def run_demo(
+    n_train: int = 16,
+    n_test: int = 16,
+    seed: int = 0,
+    n_pixels: int = 20000,
+    ensemble: int = 4,
+    batch: int = 8,
+    with_vae: bool = True,
+) -> dict:
     bb = load_backbone("tiny-sd15", seed=seed)
     counts = {
         "sd15": len(catalogue(bb.model)),
@@ -59,8 +69,12 @@ def run_demo(n_train: int = 16, n_test: int = 16, seed: int = 0, n_pixels: int =
     counts["sdxl_analysis_pool"] = len(pool)
     f15 = [a.id for a in qualitative_filter(catalogue(bb.model))]
     fxl = [a.id for a in qualitative_filter(pool)]
-    filt = {"sd15": len(f15), "sd15_jaccard_table6": jaccard(f15, TABLE6_SD15),
-            "sdxl_pool": len(fxl), "sdxl_jaccard_tables45": jaccard(fxl, TABLES45_XL)}  # fmt: skip
+    filt = {
+        "sd15": len(f15),
+        "sd15_jaccard_table6": jaccard(f15, TABLE6_SD15),
+        "sdxl_pool": len(fxl),
+        "sdxl_jaccard_tables45": jaccard(fxl, TABLES45_XL),
+    }
     del xl
 
     images, labels = synthetic_shapes(n_train + n_test, size=64, seed=seed)
@@ -79,18 +93,21 @@ def run_demo(n_train: int = 16, n_test: int = 16, seed: int = 0, n_pixels: int =
     for name, (t, n) in progress(runs.items(), desc="extraction runs"):
         feats = _features(ex, z, emb, t, seed, n, batch)
         miou[name] = {}
-        for k in (DEMO_IDS if name == "t=50" else (HIGH_RES[0], HIGH_RES[2])):
+        for k in DEMO_IDS if name == "t=50" else (HIGH_RES[0], HIGH_RES[2]):
             miou[name][k] = probe(feats[k])
         if n == 1:
             first = {k: v[n_train] for k, v in feats.items()}
             props[name] = {"noise_index_" + HIGH_RES[0]: noise_index(first[HIGH_RES[0]])}
             if name == "t=50":
-                lab16 = torch.nn.functional.interpolate(labels[n_train : n_train + 1, None]
-                                                        .float(), size=16, mode="nearest")[0, 0]  # fmt: skip
-                props[name]["locality_self_k_64"] = locality_index(first[HIGH_RES[2]],
-                                                                    labels[n_train])  # fmt: skip
-                props[name]["locality_cross_q_16"] = locality_index(first[CROSS_16], lab16,
-                                                                     r=1, R=4.0)  # fmt: skip
+                lab16 = torch.nn.functional.interpolate(
+                    labels[n_train : n_train + 1, None].float(), size=16, mode="nearest"
+                )[0, 0]
+                props[name]["locality_self_k_64"] = locality_index(
+                    first[HIGH_RES[2]], labels[n_train]
+                )
+                props[name]["locality_cross_q_16"] = locality_index(
+                    first[CROSS_16], lab16, r=1, R=4.0
+                )
         del feats
     if with_vae:
         vae_ex = Extractor(bb, [HIGH_RES[0]], storage_dtype="fp32", img_size=128)
@@ -101,40 +118,70 @@ def run_demo(n_train: int = 16, n_test: int = 16, seed: int = 0, n_pixels: int =
         vf = torch.cat(feats)
         miou["t=50 random-init VAE"] = {HIGH_RES[0]: probe(vf)}
         # the spec's remedy: standardise the VAE latents per channel before the U-Net
-        zv = torch.cat([vae_ex.encode_images(vae_ex.preprocess(images[i : i + batch]),
-                                             torch.Generator().manual_seed(seed + i))
-                        for i in range(0, images.shape[0], batch)])  # fmt: skip
+        zv = torch.cat(
+            [
+                vae_ex.encode_images(
+                    vae_ex.preprocess(images[i : i + batch]),
+                    torch.Generator().manual_seed(seed + i),
+                )
+                for i in range(0, images.shape[0], batch)
+            ]
+        )
         zv = (zv - zv.mean((0, 2, 3), keepdim=True)) / zv.std((0, 2, 3), keepdim=True)
-        f = _features(Extractor(bb, [HIGH_RES[0]], storage_dtype="fp32"), zv, emb, 50, seed, 1,
-                      batch)  # fmt: skip
+        f = _features(
+            Extractor(bb, [HIGH_RES[0]], storage_dtype="fp32"), zv, emb, 50, seed, 1, batch
+        )
         miou["t=50 random-init VAE, standardised latents"] = {HIGH_RES[0]: probe(f[HIGH_RES[0]])}
 
     m50, r = miou["t=50"], HIGH_RES[0]
     ens = miou[f"t=50 x{ensemble}"]
     checks = {
         "A1 high-res activations mIoU >= 0.80": {
-            "met": all(m50[k] >= 0.80 for k in HIGH_RES), "values": {k: m50[k] for k in HIGH_RES}},
+            "met": all(m50[k] >= 0.80 for k in HIGH_RES),
+            "values": {k: m50[k] for k in HIGH_RES},
+        },
         "A2 mIoU(t=0) > mIoU(t=50) > mIoU(t=500) + 0.3": {
             "met": miou["t=0"][r] > m50[r] > miou["t=500"][r] + 0.3,
-            "values": {t: miou[t][r] for t in ("t=0", "t=50", "t=500")}},
+            "values": {t: miou[t][r] for t in ("t=0", "t=50", "t=500")},
+        },
         f"A3 {ensemble}-draw ensemble beats 1 draw": {
             "met": all(ens[k] > m50[k] for k in (HIGH_RES[0], HIGH_RES[2])),
-            "values": {k: [m50[k], ens[k]] for k in (HIGH_RES[0], HIGH_RES[2])}},
+            "values": {k: [m50[k], ens[k]] for k in (HIGH_RES[0], HIGH_RES[2])},
+        },
         "A4 noise index rises with t; self-k more local than 16² cross-q": {
-            "met": (props["t=0"]["noise_index_" + r] < props["t=50"]["noise_index_" + r]
-                    < props["t=500"]["noise_index_" + r])
+            "met": (
+                props["t=0"]["noise_index_" + r]
+                < props["t=50"]["noise_index_" + r]
+                < props["t=500"]["noise_index_" + r]
+            )
             and props["t=50"]["locality_self_k_64"] > props["t=50"]["locality_cross_q_16"],
-            "values": props},
+            "values": props,
+        },
         "T1/T2 catalogue counts 197/229/612/279": {
-            "met": (counts["sd15"], counts["sd15_with_cross_kv"], counts["sdxl"],
-                    counts["sdxl_analysis_pool"]) == (197, 229, 612, 279), "values": counts},
+            "met": (
+                counts["sd15"],
+                counts["sd15_with_cross_kv"],
+                counts["sdxl"],
+                counts["sdxl_analysis_pool"],
+            )
+            == (197, 229, 612, 279),
+            "values": counts,
+        },
         "T5 filter 32/62, Jaccard >= 0.9": {
-            "met": filt["sd15"] == 32 and filt["sdxl_pool"] == 62
+            "met": filt["sd15"] == 32
+            and filt["sdxl_pool"] == 62
             and min(filt["sd15_jaccard_table6"], filt["sdxl_jaccard_tables45"]) >= 0.9,
-            "values": filt},
-    }  # fmt: skip
-    return {"miou": miou, "properties": props, "catalogue_counts": counts, "filter": filt,
-            "checks": checks, "chance_all_background": _chance(labels[te])}  # fmt: skip
+            "values": filt,
+        },
+    }
+    return {
+        "miou": miou,
+        "properties": props,
+        "catalogue_counts": counts,
+        "filter": filt,
+        "checks": checks,
+        "chance_all_background": _chance(labels[te]),
+    }
 
 
 def _chance(labels) -> float:

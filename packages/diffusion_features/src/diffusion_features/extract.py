@@ -42,12 +42,21 @@ from diffusion_features.models import Backbone
 from labcore.capture import ActivationCapture, resolve_dtype
 from labcore.cli import UserError
 
-__all__ = ["UP_CROSS", "Extractor", "default_prompt_embeds", "img2img_timestep", "merge", "pixel_latents"]
+__all__ = [
+    "UP_CROSS",
+    "Extractor",
+    "default_prompt_embeds",
+    "img2img_timestep",
+    "merge",
+    "pixel_latents",
+]
 
 UP_CROSS = "up-cross-maps"  # the official --attention up_cross feature (154 ch for SD1.5)
 
 
-def img2img_timestep(scheduler, t: int, num_train_timesteps: int = 1000) -> tuple[torch.Tensor, int]:
+def img2img_timestep(
+    scheduler, t: int, num_train_timesteps: int = 1000
+) -> tuple[torch.Tensor, int]:
     """The timestep the img2img pipeline noises at for strength ``t/1000``, and its index.
 
     Mirrors ``StableDiffusionImg2ImgPipeline.get_timesteps`` with ``num_inference_steps`` equal
@@ -104,15 +113,31 @@ class Extractor:
         precision: compute dtype for the forward (``fp32``/``bf16``/``fp16``) via autocast.
     """
 
-    def __init__(self, backbone, ids: Sequence[str], *, scheduler=None, vae=None,
-                 img_size: int | tuple[int, int] | None = None, storage_dtype="fp16",
-                 store_device="cpu", feature_size: int | None = None, stop_early: bool = True,
-                 device: str | torch.device | None = None, precision: str = "fp32") -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone,
+        ids: Sequence[str],
+        *,
+        scheduler=None,
+        vae=None,
+        img_size: int | tuple[int, int] | None = None,
+        storage_dtype="fp16",
+        store_device="cpu",
+        feature_size: int | None = None,
+        stop_early: bool = True,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> None:
         if not isinstance(backbone, Backbone):
             from diffusion_features.models import _kind_of, sd15_scheduler
 
-            backbone = Backbone(backbone, _kind_of(backbone), scheduler or sd15_scheduler(),
-                                vae=vae, img_size=img_size or 512)  # fmt: skip
+            backbone = Backbone(
+                backbone,
+                _kind_of(backbone),
+                scheduler or sd15_scheduler(),
+                vae=vae,
+                img_size=img_size or 512,
+            )
         self.bb = backbone
         if scheduler is not None:
             self.bb.scheduler = scheduler
@@ -139,10 +164,15 @@ class Extractor:
                 raise UserError(f"{UP_CROSS} is defined for U-Nets only")
             from diffusion_features.catalogue import catalogue
 
-            up_cross = [a for a in catalogue(self.bb.model) if a.kind == "cross-map"
-                        and a.stage == "up"]  # fmt: skip
-        self.plan = _Plan([a for a in acts if a.hook != "map"], [a for a in acts if a.hook == "map"],
-                          up_cross, UP_CROSS in ids)  # fmt: skip
+            up_cross = [
+                a for a in catalogue(self.bb.model) if a.kind == "cross-map" and a.stage == "up"
+            ]
+        self.plan = _Plan(
+            [a for a in acts if a.hook != "map"],
+            [a for a in acts if a.hook == "map"],
+            up_cross,
+            UP_CROSS in ids,
+        )
         self._text_len = 0
         self._latent_hw = (0, 0)
 
@@ -188,8 +218,13 @@ class Extractor:
             raise UserError("this backbone has no text encoder/tokenizer: pass prompt_embeds")
 
         def enc(tok, te, hidden_minus_2):
-            ids = tok(prompt, padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+            ids = tok(
+                prompt,
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
             with torch.no_grad():
                 out = te(ids, output_hidden_states=True)
             h = out.hidden_states[-2] if hidden_minus_2 else out[0]
@@ -237,14 +272,17 @@ class Extractor:
                     raise UserError("SDXL needs pooled_prompt_embeds (or a text_encoder_2)")
                 h, w = self.img_hw
                 ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=prompt_embeds.dtype)
-                kw["added_cond_kwargs"] = {"text_embeds": pooled,
-                                           "time_ids": ids.repeat(b, 1).to(self.device)}  # fmt: skip
+                kw["added_cond_kwargs"] = {
+                    "text_embeds": pooled,
+                    "time_ids": ids.repeat(b, 1).to(self.device),
+                }
             return (model_input, timestep.expand(b)), kw
         if bb.kind == "pixart":
-            return (model_input,), {"encoder_hidden_states": prompt_embeds,
-                                    "timestep": timestep.expand(b),
-                                    "added_cond_kwargs": {"resolution": None,
-                                                          "aspect_ratio": None}}  # fmt: skip
+            return (model_input,), {
+                "encoder_hidden_states": prompt_embeds,
+                "timestep": timestep.expand(b),
+                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+            }
         # flux: 2×2-packed latents, image/text position ids, pooled text, timestep in [0, 1]
         n, c, h, w = model_input.shape
         packed = model_input.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
@@ -255,10 +293,13 @@ class Extractor:
         txt_ids = torch.zeros(prompt_embeds.shape[1], 3)
         if pooled is None:
             pooled = prompt_embeds.new_zeros(n, bb.model.config.pooled_projection_dim)
-        return (packed,), {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled,
-                           "timestep": (timestep.float() / 1000).expand(n).to(self.device),
-                           "img_ids": img_ids.reshape(-1, 3).to(self.device),
-                           "txt_ids": txt_ids.to(self.device)}  # fmt: skip
+        return (packed,), {
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "timestep": (timestep.float() / 1000).expand(n).to(self.device),
+            "img_ids": img_ids.reshape(-1, 3).to(self.device),
+            "txt_ids": txt_ids.to(self.device),
+        }
 
     def _noise(self, z0, t, generator):
         sched = self.bb.scheduler
@@ -288,22 +329,36 @@ class Extractor:
         args, kw = self._forward_kwargs(zt, timestep, prompt_embeds, pooled)
         from labcore.dist import autocast
 
-        with record_maps(model, map_modules, maps_sink, dtype=torch.float32), \
-                ActivationCapture(model, outputs=outputs, inputs=inputs, dtype=None,
-                                  device=self.store_device, stop_early=self.stop_early,
-                                  transform=self._transform, select=self._select) as cap, \
-                torch.no_grad(), autocast(self.precision, self.device):  # fmt: skip
+        with (
+            record_maps(model, map_modules, maps_sink, dtype=torch.float32),
+            ActivationCapture(
+                model,
+                outputs=outputs,
+                inputs=inputs,
+                dtype=None,
+                device=self.store_device,
+                stop_early=self.stop_early,
+                transform=self._transform,
+                select=self._select,
+            ) as cap,
+            torch.no_grad(),
+            autocast(self.precision, self.device),
+        ):
             cap.run(model, *args, **kw)
-        feats = {k: v.float() for k, v in {**cap.outputs, **cap.inputs}.items()
-                 if not k.startswith("__map__")}  # fmt: skip
+        feats = {
+            k: v.float()
+            for k, v in {**cap.outputs, **cap.inputs}.items()
+            if not k.startswith("__map__")
+        }
         missing = [k for k in cap.missing() if not k.startswith("__map__")]
         if missing:
             raise RuntimeError(f"activations not produced by the forward: {missing}")
         for a in plan.maps:
             feats[a.id] = self._map_grid(a, maps_sink[a.id])
         if plan.want_up_cross:
-            sides = {a.id: tuple(grid_size(n, a.scale) for n in self._latent_hw)
-                     for a in plan.up_cross}  # fmt: skip
+            sides = {
+                a.id: tuple(grid_size(n, a.scale) for n in self._latent_hw) for a in plan.up_cross
+            }
             hw = self._latent_hw
             lo = grid_size(hw[0], 4)  # img/32 = latent/4
             hi = grid_size(hw[0], 2)  # img/16 = latent/2
@@ -321,9 +376,16 @@ class Extractor:
             g = F.adaptive_avg_pool2d(g, self.feature_size)
         return g
 
-    def extract_latents(self, z0: torch.Tensor, prompt_embeds: torch.Tensor, *, t: int = 50,
-                        seed: int | Sequence[int] | None = 0, n_ensemble: int = 1,
-                        pooled_prompt_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def extract_latents(
+        self,
+        z0: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        *,
+        t: int = 50,
+        seed: int | Sequence[int] | None = 0,
+        n_ensemble: int = 1,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Steps 3–6 from clean latents ``z0`` (B, C, h, w); returns ``{id: (B, C, h', w')}``.
 
         ``seed``: an int (one generator for the batch), a list of per-image seeds, or None."""
@@ -357,9 +419,17 @@ class Extractor:
             return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seed]
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
-    def extract(self, images, prompt_embeds: torch.Tensor | None = None, *, prompt: str | None = None,
-                t: int = 50, seed: int | Sequence[int] | None = 0, n_ensemble: int = 1,
-                pooled_prompt_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def extract(
+        self,
+        images,
+        prompt_embeds: torch.Tensor | None = None,
+        *,
+        prompt: str | None = None,
+        t: int = 50,
+        seed: int | Sequence[int] | None = 0,
+        n_ensemble: int = 1,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The whole recipe from images (PIL list or (B, 3, H, W) in [0, 1]); the VAE sample
         and the noise draw come from ``seed`` (an int, or one seed per image)."""
         x = self.preprocess(images)
@@ -370,10 +440,14 @@ class Extractor:
         gen = self._generator(seed)
         z0 = self.encode_images(x, gen)
         model_dtype = next(self.bb.model.parameters()).dtype
-        return self.extract_latents(z0.to(model_dtype), prompt_embeds.to(model_dtype), t=t,
-                                    seed=_next_seed(seed),
-                                    n_ensemble=n_ensemble,
-                                    pooled_prompt_embeds=pooled_prompt_embeds)  # fmt: skip
+        return self.extract_latents(
+            z0.to(model_dtype),
+            prompt_embeds.to(model_dtype),
+            t=t,
+            seed=_next_seed(seed),
+            n_ensemble=n_ensemble,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+        )
 
 
 def _next_seed(seed):
@@ -384,8 +458,12 @@ def _next_seed(seed):
     return seed + 1
 
 
-def merge(features: dict[str, torch.Tensor], size: int | tuple[int, int] | None = None,
-          mode: str = "nearest", ids: Sequence[str] | None = None) -> torch.Tensor:  # fmt: skip
+def merge(
+    features: dict[str, torch.Tensor],
+    size: int | tuple[int, int] | None = None,
+    mode: str = "nearest",
+    ids: Sequence[str] | None = None,
+) -> torch.Tensor:
     """Resize every (B, C, h, w) activation to ``size`` (default: the largest) and concatenate
     channels in ``ids`` order (default: dict order). ``mode``: ``nearest`` (the CLI's
     ``--aggregate_output``) or ``bilinear`` (the correspondence head, at 128²)."""
@@ -400,8 +478,12 @@ def merge(features: dict[str, torch.Tensor], size: int | tuple[int, int] | None 
         size = max((tuple(v.shape[-2:]) for v in maps), key=lambda s: s[0] * s[1])
     size = (size, size) if isinstance(size, int) else tuple(size)
     kw = {"align_corners": False} if mode == "bilinear" else {}
-    out = [v if tuple(v.shape[-2:]) == size else
-           F.interpolate(v.float(), size=size, mode=mode, **kw).to(v.dtype) for v in maps]  # fmt: skip
+    out = [
+        v
+        if tuple(v.shape[-2:]) == size
+        else F.interpolate(v.float(), size=size, mode=mode, **kw).to(v.dtype)
+        for v in maps
+    ]
     return torch.cat(out, dim=1)
 
 
@@ -419,8 +501,11 @@ def default_prompt_embeds(backbone: Backbone, tokens: int = 77, seed: int = 1234
     emb = torch.randn(1, tokens, dim, generator=g)
     pooled = None
     if backbone.is_sdxl:
-        pooled = torch.randn(1, cfg.projection_class_embeddings_input_dim
-                             - 6 * cfg.addition_time_embed_dim, generator=g)  # fmt: skip
+        pooled = torch.randn(
+            1,
+            cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim,
+            generator=g,
+        )
     elif backbone.kind == "flux":
         pooled = torch.randn(1, cfg.pooled_projection_dim, generator=g)
     return emb, pooled

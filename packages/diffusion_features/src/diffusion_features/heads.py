@@ -68,8 +68,14 @@ class LinearProbe:
     ``fit`` samples ``n_pixels`` labelled training pixels (seeded); ``predict`` labels every
     pixel. The calibration probe of the spec's T11."""
 
-    def __init__(self, n_pixels: int = 20000, C: float = 1.0, max_iter: int = 200,
-                 seed: int = 0, ignore_index: int = 255) -> None:  # fmt: skip
+    def __init__(
+        self,
+        n_pixels: int = 20000,
+        C: float = 1.0,
+        max_iter: int = 200,
+        seed: int = 0,
+        ignore_index: int = 255,
+    ) -> None:
         self.n_pixels, self.C, self.max_iter = n_pixels, C, max_iter
         self.seed, self.ignore_index = seed, ignore_index
 
@@ -100,8 +106,15 @@ class LinearProbe:
 
 def _mlp(dim: int, k: int) -> nn.Sequential:
     h1, h2 = (256, 128) if k >= 30 else (128, 32)
-    m = nn.Sequential(nn.Linear(dim, h1), nn.ReLU(), nn.BatchNorm1d(h1), nn.Linear(h1, h2),
-                      nn.ReLU(), nn.BatchNorm1d(h2), nn.Linear(h2, k))  # fmt: skip
+    m = nn.Sequential(
+        nn.Linear(dim, h1),
+        nn.ReLU(),
+        nn.BatchNorm1d(h1),
+        nn.Linear(h1, h2),
+        nn.ReLU(),
+        nn.BatchNorm1d(h2),
+        nn.Linear(h2, k),
+    )
     for layer in m:
         if isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, 0.0, 0.02)
@@ -202,9 +215,15 @@ class MLPEnsemble:
         return ConfusionMatrix(self.num_classes, self.ignore_index).update(pred, labels).miou()
 
 
-def label_scarce_protocol(feats: torch.Tensor, labels: torch.Tensor, n_train: int,
-                          make_head, runs: int = 5, seed: int = 0,
-                          num_classes: int | None = None) -> dict:  # fmt: skip
+def label_scarce_protocol(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    n_train: int,
+    make_head,
+    runs: int = 5,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> dict:
     """The label-scarce protocol: ``runs`` times, re-shuffle the *pooled* train+test images,
     train on the first ``n_train``, score mIoU on the rest; report mean ± std.
 
@@ -219,21 +238,31 @@ def label_scarce_protocol(feats: torch.Tensor, labels: torch.Tensor, n_train: in
         tr, te = perm[:n_train], perm[n_train:]
         head = make_head(r).fit(feats[tr], labels[tr])
         scores.append(float(head.miou(feats[te], labels[te])))
-    return {"miou_runs": scores, "miou_mean": float(np.mean(scores)),
-            "miou_std": float(np.std(scores))}  # fmt: skip
+    return {
+        "miou_runs": scores,
+        "miou_mean": float(np.mean(scores)),
+        "miou_std": float(np.std(scores)),
+    }
 
 
 # -- correspondence -------------------------------------------------------------------------
-def nn_correspondence(src_feat: torch.Tensor, trg_feat: torch.Tensor, src_kps: torch.Tensor,
-                      src_size: tuple[int, int], trg_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+def nn_correspondence(
+    src_feat: torch.Tensor,
+    trg_feat: torch.Tensor,
+    src_kps: torch.Tensor,
+    src_size: tuple[int, int],
+    trg_size: tuple[int, int],
+) -> torch.Tensor:
     """Nearest-neighbour transfer of keypoints ``(K, 2)`` (x, y in source pixels).
 
     Both feature maps (C, h, w) are bilinearly upsampled to their image sizes (H, W); each
     source keypoint's feature is matched by cosine to every target pixel; returns (K, 2) x, y."""
-    sf = F.interpolate(src_feat[None].float(), size=src_size, mode="bilinear",
-                       align_corners=False)[0]  # fmt: skip
-    tf = F.interpolate(trg_feat[None].float(), size=trg_size, mode="bilinear",
-                       align_corners=False)[0]  # fmt: skip
+    sf = F.interpolate(src_feat[None].float(), size=src_size, mode="bilinear", align_corners=False)[
+        0
+    ]
+    tf = F.interpolate(trg_feat[None].float(), size=trg_size, mode="bilinear", align_corners=False)[
+        0
+    ]
     x = src_kps[:, 0].round().long().clamp(0, src_size[1] - 1)
     y = src_kps[:, 1].round().long().clamp(0, src_size[0] - 1)
     q = F.normalize(sf[:, y, x].T, dim=1)  # (K, C)
@@ -268,8 +297,9 @@ def _kp_feats(feat: torch.Tensor, kps: torch.Tensor, size: tuple[int, int]) -> t
     return out[0, :, 0].T
 
 
-def train_conv_head(pairs, dim: int, steps: int = 100, lr: float = 5e-4,
-                    weight_decay: float = 0.01, seed: int = 0) -> ConvCorrespondenceHead:  # fmt: skip
+def train_conv_head(
+    pairs, dim: int, steps: int = 100, lr: float = 5e-4, weight_decay: float = 0.01, seed: int = 0
+) -> ConvCorrespondenceHead:
     """Train :class:`ConvCorrespondenceHead` with the symmetric CLIP-style loss.
 
     ``pairs``: a list of dicts with ``src_feat``/``trg_feat`` (C, 128, 128), ``src_kps``/
@@ -281,10 +311,12 @@ def train_conv_head(pairs, dim: int, steps: int = 100, lr: float = 5e-4,
     scale = 1 / 0.07
     for step in range(steps):
         p = pairs[step % len(pairs)]
-        a = F.normalize(_kp_feats(head(p["src_feat"][None].float())[0], p["src_kps"],
-                                  p["src_size"]), dim=1)  # fmt: skip
-        b = F.normalize(_kp_feats(head(p["trg_feat"][None].float())[0], p["trg_kps"],
-                                  p["trg_size"]), dim=1)  # fmt: skip
+        a = F.normalize(
+            _kp_feats(head(p["src_feat"][None].float())[0], p["src_kps"], p["src_size"]), dim=1
+        )
+        b = F.normalize(
+            _kp_feats(head(p["trg_feat"][None].float())[0], p["trg_kps"], p["trg_size"]), dim=1
+        )
         logits = scale * a @ b.T
         target = torch.arange(len(a))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

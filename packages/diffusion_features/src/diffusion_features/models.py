@@ -72,19 +72,31 @@ def sd15_scheduler():
     """SD1.5's default scheduler config (PNDM, scaled-linear betas, steps_offset 1, skip PRK)."""
     from diffusers import PNDMScheduler
 
-    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                         set_alpha_to_one=False)  # fmt: skip
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
 
 
 def sdxl_scheduler(timestep_spacing: str = "leading"):
     """SDXL's default scheduler config (Euler discrete, "leading" spacing, steps_offset 1)."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                  beta_schedule="scaled_linear", num_train_timesteps=1000,
-                                  steps_offset=1, timestep_spacing=timestep_spacing,
-                                  interpolation_type="linear", use_karras_sigmas=False)  # fmt: skip
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing=timestep_spacing,
+        interpolation_type="linear",
+        use_karras_sigmas=False,
+    )
 
 
 def tiny_vae(latent_channels: int = 4, seed: int = 0):
@@ -92,11 +104,18 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                         layers_per_block=1, norm_num_groups=4, sample_size=32,
-                         scaling_factor=0.18215).eval()  # fmt: skip
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.18215,
+    ).eval()
 
 
 def tiny_sd15(width: int = 32, cross_dim: int = 32, seed: int = 0, sample_size: int = 64):
@@ -106,13 +125,17 @@ def tiny_sd15(width: int = 32, cross_dim: int = 32, seed: int = 0, sample_size: 
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
         block_out_channels=(width, width, 2 * width, 2 * width),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2, cross_attention_dim=cross_dim, attention_head_dim=8,
+        layers_per_block=2,
+        cross_attention_dim=cross_dim,
+        attention_head_dim=8,
         norm_num_groups=min(8, width),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def full_sd15(seed: int = 0):
@@ -121,11 +144,16 @@ def full_sd15(seed: int = 0):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
-    ).eval()  # fmt: skip
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ).eval()
 
 
 def tiny_sdxl(width: int = 32, cross_dim: int = 32, seed: int = 0, sample_size: int = 32):
@@ -136,15 +164,22 @@ def tiny_sdxl(width: int = 32, cross_dim: int = 32, seed: int = 0, sample_size: 
     torch.manual_seed(seed)
     time_dim = 8
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
         block_out_channels=(width, 2 * width, 2 * width),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=min(8, width),
-        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=cross_dim + 6 * time_dim, use_linear_projection=True,
-    ).eval()  # fmt: skip
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=cross_dim,
+        attention_head_dim=8,
+        norm_num_groups=min(8, width),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=cross_dim + 6 * time_dim,
+        use_linear_projection=True,
+    ).eval()
 
 
 def tiny_pixart(num_layers: int = 4, seed: int = 0, sample_size: int = 16, cross_dim: int = 32):
@@ -153,10 +188,17 @@ def tiny_pixart(num_layers: int = 4, seed: int = 0, sample_size: int = 16, cross
 
     torch.manual_seed(seed)
     return PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-        num_layers=num_layers, cross_attention_dim=32, caption_channels=cross_dim,
-        sample_size=sample_size, patch_size=2, use_additional_conditions=False,
-    ).eval()  # fmt: skip
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=num_layers,
+        cross_attention_dim=32,
+        caption_channels=cross_dim,
+        sample_size=sample_size,
+        patch_size=2,
+        use_additional_conditions=False,
+    ).eval()
 
 
 def tiny_flux(num_layers: int = 2, num_single_layers: int = 2, seed: int = 0):
@@ -165,29 +207,54 @@ def tiny_flux(num_layers: int = 2, num_single_layers: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-        pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
-    ).eval()  # fmt: skip
+        patch_size=1,
+        in_channels=16,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
 
 
 def _tiny(name: str, seed: int = 0) -> Backbone:
     if name == "tiny-sd15":
-        return Backbone(tiny_sd15(seed=seed), "unet", sd15_scheduler(), vae=tiny_vae(seed=seed),
-                        img_size=128, name=name)  # fmt: skip
+        return Backbone(
+            tiny_sd15(seed=seed),
+            "unet",
+            sd15_scheduler(),
+            vae=tiny_vae(seed=seed),
+            img_size=128,
+            name=name,
+        )
     if name == "tiny-sdxl":
-        return Backbone(tiny_sdxl(seed=seed), "unet", sdxl_scheduler(), vae=tiny_vae(seed=seed),
-                        img_size=64, name=name)  # fmt: skip
+        return Backbone(
+            tiny_sdxl(seed=seed),
+            "unet",
+            sdxl_scheduler(),
+            vae=tiny_vae(seed=seed),
+            img_size=64,
+            name=name,
+        )
     if name == "tiny-pixart":
         from diffusers import DPMSolverMultistepScheduler
 
-        return Backbone(tiny_pixart(seed=seed), "pixart", DPMSolverMultistepScheduler(),
-                        vae=tiny_vae(seed=seed), img_size=32, name=name)  # fmt: skip
+        return Backbone(
+            tiny_pixart(seed=seed),
+            "pixart",
+            DPMSolverMultistepScheduler(),
+            vae=tiny_vae(seed=seed),
+            img_size=32,
+            name=name,
+        )
     if name == "tiny-flux":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return Backbone(tiny_flux(seed=seed), "flux", FlowMatchEulerDiscreteScheduler(),
-                        img_size=32, name=name)  # fmt: skip
+        return Backbone(
+            tiny_flux(seed=seed), "flux", FlowMatchEulerDiscreteScheduler(), img_size=32, name=name
+        )
     raise AssertionError(name)
 
 
@@ -202,17 +269,23 @@ def _kind_of(model) -> str:
         return "pixart"
     if name == "FluxTransformer2DModel":
         return "flux"
-    raise UserError(f"unsupported backbone {name}; supported: UNet2DConditionModel, "
-                    "PixArtTransformer2DModel, FluxTransformer2DModel")  # fmt: skip
+    raise UserError(
+        f"unsupported backbone {name}; supported: UNet2DConditionModel, "
+        "PixArtTransformer2DModel, FluxTransformer2DModel"
+    )
 
 
 _COMPONENT = {"unet": "UNet2DConditionModel", "transformer": None}
 
 
 def load_backbone(
-    source: str | Path, *, seed: int = 0, img_size: int | None = None,
-    local_files_only: bool = True, torch_dtype: torch.dtype | None = None,
-) -> Backbone:  # fmt: skip
+    source: str | Path,
+    *,
+    seed: int = 0,
+    img_size: int | None = None,
+    local_files_only: bool = True,
+    torch_dtype: torch.dtype | None = None,
+) -> Backbone:
     """``tiny-sd15 | tiny-sdxl | tiny-pixart | tiny-flux``, a diffusers pipeline folder (with
     ``model_index.json`` and ``unet/`` or ``transformer/``), a single model folder (with
     ``config.json``), or a hub id already in the local cache.
@@ -234,14 +307,18 @@ def load_backbone(
     if path.exists():
         if not path.is_dir():
             raise UserError(f"model path {path} is not a directory")
-        sub = next((s for s in ("unet", "transformer") if (path / s / "config.json").is_file()),
-                   None)  # fmt: skip
+        sub = next(
+            (s for s in ("unet", "transformer") if (path / s / "config.json").is_file()), None
+        )
         if sub is None and not (path / "config.json").is_file():
-            raise UserError(f"model folder {path} has neither unet/config.json, "
-                            "transformer/config.json nor config.json")  # fmt: skip
+            raise UserError(
+                f"model folder {path} has neither unet/config.json, "
+                "transformer/config.json nor config.json"
+            )
     elif "/" not in name or name.startswith((".", "/")):
-        raise FileNotFoundError(f"no model folder {path} (and {name!r} is not a tiny model: "
-                                f"{', '.join(TINY_MODELS)})")  # fmt: skip
+        raise FileNotFoundError(
+            f"no model folder {path} (and {name!r} is not a tiny model: {', '.join(TINY_MODELS)})"
+        )
     else:
         sub = None  # a hub id: resolved from the local cache below
     try:
@@ -255,16 +332,29 @@ def _load_parts(name, path, sub, kw, img_size) -> Backbone:
 
     if sub is None and path.is_dir():  # a bare model folder
         cfg = (path / "config.json").read_text()
-        cls_name = next((c for c in ("UNet2DConditionModel", "PixArtTransformer2DModel",
-                                     "FluxTransformer2DModel") if c in cfg), None)  # fmt: skip
+        cls_name = next(
+            (
+                c
+                for c in (
+                    "UNet2DConditionModel",
+                    "PixArtTransformer2DModel",
+                    "FluxTransformer2DModel",
+                )
+                if c in cfg
+            ),
+            None,
+        )
         if cls_name is None:
-            raise UserError(f"{path}/config.json is not a UNet2DConditionModel, "
-                            "PixArtTransformer2DModel or FluxTransformer2DModel")  # fmt: skip
+            raise UserError(
+                f"{path}/config.json is not a UNet2DConditionModel, "
+                "PixArtTransformer2DModel or FluxTransformer2DModel"
+            )
         model = getattr(diffusers, cls_name).from_pretrained(path, **kw).eval()
         kind = _kind_of(model)
         sched = sd15_scheduler() if kind == "unet" and not _is_xl(model) else sdxl_scheduler()
-        return Backbone(model, kind, sched, img_size=img_size or _default_size(model, kind),
-                        name=name)  # fmt: skip
+        return Backbone(
+            model, kind, sched, img_size=img_size or _default_size(model, kind), name=name
+        )
     root = name if sub is None else path
     if sub is None:  # hub id: find which denoiser the pipeline has
         from huggingface_hub import hf_hub_download
@@ -295,9 +385,9 @@ def _load_parts(name, path, sub, kw, img_size) -> Backbone:
             import transformers
 
             enc_cls = _class_name(_read_sub_config(root, enc))
-            parts[enc] = getattr(transformers, enc_cls).from_pretrained(
-                root, subfolder=enc, **kw
-            ).eval()  # fmt: skip
+            parts[enc] = (
+                getattr(transformers, enc_cls).from_pretrained(root, subfolder=enc, **kw).eval()
+            )
             parts[tok] = transformers.AutoTokenizer.from_pretrained(
                 root, subfolder=tok, local_files_only=kw["local_files_only"]
             )

@@ -61,8 +61,9 @@ def noise_index(feat) -> float:
     f = _standardise(_chw(feat))
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
     c = f.shape[0]
-    lap = F.conv2d(F.pad(f[None], (1, 1, 1, 1), mode="replicate"),
-                   kernel.expand(c, 1, 3, 3), groups=c)[0]  # fmt: skip
+    lap = F.conv2d(
+        F.pad(f[None], (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3), groups=c
+    )[0]
     num = lap.norm(dim=0).mean()
     den = (f - f.mean(dim=(1, 2), keepdim=True)).norm(dim=0).mean().clamp_min(1e-8)
     return float(num / den)
@@ -96,8 +97,9 @@ def granularity(feat, k: int = 4, method: str = "components", seed: int = 0) -> 
     return float(np.concatenate(sizes).mean())
 
 
-def locality_index(feat, sem_mask, r: int = 2, R: float = 8.0, n_pairs: int = 20000,
-                   seed: int = 0) -> float:  # fmt: skip
+def locality_index(
+    feat, sem_mask, r: int = 2, R: float = 8.0, n_pairs: int = 20000, seed: int = 0
+) -> float:
     """Neighbour-of-other-class similarity minus far-same-class similarity (module docstring)."""
     f = _chw(feat)
     s = torch.as_tensor(np.asarray(sem_mask)).long()
@@ -144,8 +146,11 @@ def default_levels(acts: Sequence[Activation]) -> tuple[list[int], list[int]]:
     return clean, noisy
 
 
-def qualitative_filter(acts: Iterable[Activation], clean_levels: Sequence[int] | None = None,
-                       noisy_levels: Sequence[int] | None = None) -> list[Activation]:  # fmt: skip
+def qualitative_filter(
+    acts: Iterable[Activation],
+    clean_levels: Sequence[int] | None = None,
+    noisy_levels: Sequence[int] | None = None,
+) -> list[Activation]:
     """The §2 rules: (1) keep only the clean first half of the up stage (and the noisy last
     level for rule 3); (2) there, drop self-attention q/k (locality); (3) in the noisy later half
     keep *only* self-attention q/k (locality suppresses the noise); (4) drop every increment

@@ -39,22 +39,38 @@ OURS_XL = (
 # Ours-XL-t (8154 ch): three backbones, plain concatenation
 OURS_XL_T = {
     "sdxl": OURS_XL,
-    "sd15": ("up-level1-repeat1-vit-block0-cross-q", "up-level2-repeat1-vit-block0-cross-q",
-             "up-level2-upsampler-out", "up-level3-repeat0-vit-block0-self-k", UP_CROSS),
+    "sd15": (
+        "up-level1-repeat1-vit-block0-cross-q",
+        "up-level2-repeat1-vit-block0-cross-q",
+        "up-level2-upsampler-out",
+        "up-level3-repeat0-vit-block0-self-k",
+        UP_CROSS,
+    ),
     "pgv2": ("up-level0-repeat0-vit-block3-out",),
-}  # fmt: skip
+}
 # large-scale segmentation variants (ade_full / city_full)
 FULL_SEG = {
     "sdxl": (*OURS_XL, "up-level1-upsampler-out"),
-    "pgv2": ("up-level0-repeat0-vit-block5-out", "up-level1-repeat0-vit-block0-cross-q",
-             "up-level1-upsampler-out"),
-}  # fmt: skip
-LEGACY_V15 = ("up-level0-upsampler-out", "up-level1-upsampler-out", "up-level2-upsampler-out",
-              "up-level3-repeat2-vit-out")  # fmt: skip
+    "pgv2": (
+        "up-level0-repeat0-vit-block5-out",
+        "up-level1-repeat0-vit-block0-cross-q",
+        "up-level1-upsampler-out",
+    ),
+}
+LEGACY_V15 = (
+    "up-level0-upsampler-out",
+    "up-level1-upsampler-out",
+    "up-level2-upsampler-out",
+    "up-level3-repeat2-vit-out",
+)
 LEGACY_XL = ("up-level0-upsampler-out", "up-level1-upsampler-out", "up-level2-repeat2-res-out")
 
-PRESETS = {"ours-v1.5": OURS_V15, "ours-xl": OURS_XL, "legacy-v1.5": LEGACY_V15,
-           "legacy-xl": LEGACY_XL}  # fmt: skip
+PRESETS = {
+    "ours-v1.5": OURS_V15,
+    "ours-xl": OURS_XL,
+    "legacy-v1.5": LEGACY_V15,
+    "legacy-xl": LEGACY_XL,
+}
 
 
 def _vit(level, repeat, block, suffix):
@@ -68,8 +84,12 @@ def _table6() -> tuple[str, ...]:
     ids = []
     for level in (1, 2):
         for r in range(3):
-            ids += [f"up-level{level}-repeat{r}-res-out", _vit(level, r, 0, "cross-q"),
-                    _vit(level, r, 0, "out"), f"up-level{level}-repeat{r}-vit-out"]  # fmt: skip
+            ids += [
+                f"up-level{level}-repeat{r}-res-out",
+                _vit(level, r, 0, "cross-q"),
+                _vit(level, r, 0, "out"),
+                f"up-level{level}-repeat{r}-vit-out",
+            ]
     ids += [_vit(2, 2, 0, "self-q"), _vit(2, 2, 0, "self-k"), "up-level2-upsampler-out"]
     for r in range(3):
         ids += [_vit(3, r, 0, "self-q"), _vit(3, r, 0, "self-k")]

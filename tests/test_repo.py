@@ -189,7 +189,7 @@ def test_console_script_builds_its_parser(name):
     import importlib
 
     meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
-    module, func = meta["scripts"][_dist(name)].split(":")
+    module, func = meta["scripts"][name].split(":")
     with pytest.raises(SystemExit) as exit_:
         getattr(importlib.import_module(module), func)(["--help"])
     assert exit_.value.code == 0
@@ -214,7 +214,7 @@ def root_parser(name: str, monkeypatch):
     import importlib
 
     meta = tomllib.loads((members(ROOT)[name] / "pyproject.toml").read_text())["project"]
-    module, func = meta["scripts"][_dist(name)].split(":")
+    module, func = meta["scripts"][name].split(":")
 
     def catch(self, *args, **kwargs):
         raise _Parser(self)

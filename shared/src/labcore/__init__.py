@@ -3,7 +3,8 @@
 Submodules: :mod:`labcore.memory` (exact memory accounting), :mod:`labcore.metrics`,
 :mod:`labcore.data`, :mod:`labcore.runs` (seeding, timing, result JSON), :mod:`labcore.cli`,
 :mod:`labcore.dist` (torchrun / DDP glue, autocast precision), :mod:`labcore.plot` (PNG figures,
-matplotlib as the ``plot`` extra).
+matplotlib as the ``plot`` extra), :mod:`labcore.capture` (activations by module path),
+:mod:`labcore.video` (PyAV decoding and ALPRO frame sampling, the ``video`` extra).
 Importing ``labcore`` itself is cheap; import the submodule you need.
 """
 

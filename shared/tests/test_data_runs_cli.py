@@ -5,7 +5,16 @@ import pytest
 import torch
 
 import labcore
-from labcore.cli import UserError, common_parser, error_boundary, parse_args
+from labcore.cli import (
+    UserError,
+    common_parser,
+    error_boundary,
+    nonnegative_int,
+    parse_args,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from labcore.data import data_root, load_digits_images, split_indices, stratified_split
 from labcore.runs import Claim, Timer, resolve_device, seed_everything, write_result
 
@@ -51,8 +60,10 @@ def test_seed_timer_device():
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         assert resolve_device("auto").type == "cpu"
-        with pytest.raises(ValueError, match="no CUDA"):
+        with pytest.raises(UserError, match="no CUDA"):
             resolve_device("cuda")
+    with pytest.raises(UserError, match="unknown device"):
+        resolve_device("tpu9")
 
 
 def test_write_result_schema(tmp_path):
@@ -75,7 +86,10 @@ def _parser():
     p = argparse.ArgumentParser(prog="pkg")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", parents=[common_parser("pkg")])
-    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
+    d.add_argument("--lr", type=positive_float, default=0.1, help="learning rate")
+    d.add_argument("--ratio", type=unit_interval, default=0.5, help="kept fraction")
+    d.add_argument("--warmup", type=nonnegative_int, default=0, help="warm-up steps")
     return p
 
 
@@ -106,9 +120,10 @@ def test_threads_flag_sets_torch_threads_and_rejects_zero(capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             parse_args(_parser(), ["demo", "--threads", "0"])
         assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
-        cfg.write_text(json.dumps({"threads": 0}))
-        with pytest.raises(UserError, match="threads"):
+        cfg.write_text(json.dumps({"threads": 0}))  # a config value is checked like the flag
+        with pytest.raises(SystemExit) as e:
             parse_args(_parser(), ["demo", "--config", str(cfg)])
+        assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
 
@@ -125,3 +140,84 @@ def test_error_boundary_one_line(capsys):
     assert main("missing") == 2
     err = capsys.readouterr().err
     assert err.startswith("pkg: error:") and "/nonexistent/file.txt" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "must be >= 1"),
+        (["--epochs", "-1"], "must be >= 1"),
+        (["--epochs", "2.5"], "expected int"),
+        (["--lr", "0"], "must be > 0"),
+        (["--lr", "nan"], "must be finite"),
+        (["--ratio", "1.5"], "must be in [0, 1]"),
+        (["--warmup", "-3"], "must be >= 0"),
+    ],
+)
+def test_counts_sizes_rates_are_checked(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        parse_args(_parser(), ["demo", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_config_values_are_checked_like_flags(capsys, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"epochs": 0}))
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["demo", "--config", str(cfg)])
+    assert "--epochs: must be >= 1" in capsys.readouterr().err
+    cfg.write_text(json.dumps({"epochs": 4, "lr": 0.5}))
+    args = parse_args(_parser(), ["demo", "--config", str(cfg)])
+    assert (args.epochs, args.lr) == (4, 0.5) and isinstance(args.epochs, int)
+
+
+def test_out_is_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "results.json"
+    a_file.write_text("{}")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        parse_args(_parser(), ["demo", "--out", str(a_file)])
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        parse_args(_parser(), ["demo", "--out", str(a_file / "sub")])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.access(locked, os.W_OK):  # root ignores permission bits
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(UserError, match="is not writable"):
+            parse_args(_parser(), ["demo", "--out", str(locked / "new")])
+    finally:
+        locked.chmod(0o700)
+    fresh = tmp_path / "a" / "b"
+    assert parse_args(_parser(), ["demo", "--out", str(fresh)]).out == fresh
+    assert not fresh.exists()  # checking creates nothing
+
+
+def test_out_on_a_read_only_filesystem(monkeypatch, tmp_path):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path) else real(p, m))
+    with pytest.raises(UserError, match="is not writable"):
+        parse_args(_parser(), ["demo", "--out", str(tmp_path / "runs")])
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "training epochs (default: 3)" in out and "(default: fp32)" in out
+
+
+def test_claim_threshold_and_direction(tmp_path):
+    assert Claim("x", "m", 2.0, threshold=1.5).met is True
+    assert Claim("x", "m", 2.0, threshold=1.5, higher_is_better=False).met is False
+    assert Claim("x", "m", float("nan"), threshold=1.0).met is False
+    assert Claim("x", "m", 2.0).met is None
+    path = write_result(tmp_path, package="labcore", command="bench", dataset="none", metrics={},
+                        claims=[Claim("fast", "t", 1.0, 4.0, "s", threshold=2.0,
+                                      higher_is_better=False)])  # fmt: skip
+    rec = json.loads(path.read_text())
+    assert rec["claims"][0]["met"] is True and rec["world_size"] == 1

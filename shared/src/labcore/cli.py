@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -19,12 +21,17 @@ from typing import Any
 
 __all__ = [
     "UserError",
+    "check_out_dir",
     "common_parser",
     "error_boundary",
     "load_config",
     "main",
+    "nonnegative_int",
     "parse_args",
+    "positive_float",
+    "positive_int",
     "progress",
+    "unit_interval",
 ]
 
 
@@ -35,10 +42,45 @@ class UserError(ValueError):
 _EXPECTED = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, sizes, epochs, steps)."""
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (learning rates, temperatures, scales)."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a float in [0, 1] (probabilities, ratios, fractions)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
 
 
@@ -58,10 +100,33 @@ def common_parser(
                    help="directory for result JSON and artefacts")  # fmt: skip
     g.add_argument("--config", type=Path, default=None,
                    help="JSON or TOML file whose keys set argument defaults")  # fmt: skip
-    g.add_argument("--threads", type=_positive_int, default=threads,
-                   help="torch CPU threads (default: "
-                        f"{threads if threads else 'one per physical core'})")  # fmt: skip
+    g.add_argument("--threads", type=positive_int, default=threads,
+                   help="torch CPU threads (None: one per physical core)")  # fmt: skip
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision for training and evaluation "
+                        "(fp16 needs CUDA; see labcore.dist.autocast)")  # fmt: skip
     return p
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Fail before any work if ``out`` cannot become a results directory.
+
+    ``out`` must be a directory or not exist yet, and the nearest existing folder on its path
+    must be writable. Nothing is created here, so a rejected run leaves nothing behind.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"--out {out}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable")
+    return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -93,9 +158,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     """Parse ``argv``; if ``--config FILE`` is given, its keys become defaults and it is re-parsed.
 
     Flags given on the command line win over the file; an unknown key is an error. A ``threads``
-    value (from :func:`common_parser`) is applied with ``torch.set_num_threads``.
+    value (from :func:`common_parser`) is applied with ``torch.set_num_threads``; an ``out``
+    directory is checked with :func:`check_out_dir` before the command does any work. Every
+    (sub)parser shows argument defaults in ``--help``.
     """
+    for p in _parsers(parser):
+        if p.formatter_class is argparse.HelpFormatter:
+            p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     args = _parse_with_config(parser, argv)
+    if getattr(args, "out", None) is not None:
+        check_out_dir(args.out)
     threads = getattr(args, "threads", None)
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:  # a config value skips argparse's check
@@ -115,16 +187,26 @@ def _parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     if unknown:
         raise UserError(f"unknown keys in config {args.config}: {', '.join(sorted(unknown))}")
     for p in _parsers(parser):
-        dests = {a.dest for a in p._actions}
-        p.set_defaults(**{k: v for k, v in cfg.items() if k in dests})
+        actions = {a.dest: a for a in p._actions}
+        p.set_defaults(**{k: _as_default(actions[k], v) for k, v in cfg.items() if k in actions})
     return parser.parse_args(argv)
 
 
+def _as_default(action: argparse.Action, value: Any) -> Any:
+    """A config value for a typed flag goes in as text, so argparse checks it like a flag."""
+    scalar = isinstance(value, int | float | str) and not isinstance(value, bool)
+    if action.type is not None and scalar and action.nargs is None:
+        return str(value)
+    return value
+
+
 def progress(iterable: Iterable | None = None, **kwargs: Any):
-    """A tqdm progress bar on stderr, silent when stderr is not a terminal."""
+    """A tqdm progress bar on stderr, silent when stderr is not a terminal or on ranks > 0."""
     from tqdm.auto import tqdm
 
-    kwargs.setdefault("disable", None)  # None: off when not a tty
+    from labcore.dist import is_main
+
+    kwargs.setdefault("disable", None if is_main() else True)  # None: off when not a tty
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
 

@@ -52,6 +52,8 @@ def roc_auc(scores, labels) -> float:
 
     Mann-Whitney form: :math:`\mathrm{AUC} = (R_+ - n_+(n_+ + 1)/2) / (n_+ n_-)` with
     :math:`R_+` the sum of the positives' average ranks. Equals scikit-learn's ``roc_auc_score``.
+    Ranks do not merge as sums: under ``torchrun`` gather scores and labels first
+    (``labcore.dist.all_gather_cat``), then call this once.
     """
     s = _numpy(scores).astype(np.float64).ravel()
     y = _numpy(labels).ravel()
@@ -96,6 +98,19 @@ class ConfusionMatrix:
 
     def reset(self) -> None:
         self.matrix[:] = 0
+
+    def all_reduce(self) -> ConfusionMatrix:
+        """Sum the matrix over ``torch.distributed`` ranks (a no-op in one process).
+
+        Counts are summed exactly (int64), so the merged mIoU equals the single-process one
+        whatever the split of the data over ranks.
+        """
+        from labcore import dist
+
+        if dist.world_size() > 1:
+            t = torch.from_numpy(self.matrix.copy()).to(dist._reduce_device())
+            self.matrix = dist.all_reduce(t).cpu().numpy()
+        return self
 
     def iou(self) -> np.ndarray:
         """Per-class IoU = TP / (TP + FP + FN); ``nan`` where the class never occurs."""

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from labcore.cli import UserError
+
 __all__ = [
     "RESULT_SCHEMA_VERSION",
     "Claim",
@@ -42,14 +44,17 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a :class:`UserError`."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise UserError("--device cuda was asked for but no CUDA device is available")
     return device
 
 
@@ -79,13 +84,20 @@ class Timer:
 
 @dataclass(frozen=True)
 class Claim:
-    """One headline number a ``bench`` backs: ``value`` of ``metric`` against ``baseline``."""
+    """One headline number a ``bench`` backs: ``value`` of ``metric`` against ``baseline``.
+
+    ``threshold`` is the pre-registered target, fixed before the run, compared with ``value``
+    (the ratio to the baseline when ``unit`` is ``"x"``) in the direction ``higher_is_better``.
+    ``met`` is ``None`` when no threshold was set.
+    """
 
     claim: str
     metric: str
     value: float
     baseline: float | None = None
     unit: str = ""
+    threshold: float | None = None
+    higher_is_better: bool = True
 
     @property
     def ratio(self) -> float | None:
@@ -93,8 +105,18 @@ class Claim:
             return None
         return self.value / self.baseline
 
+    @property
+    def met(self) -> bool | None:
+        if self.threshold is None:
+            return None
+        if self.value is None or not np.isfinite(self.value):
+            return False
+        if self.higher_is_better:
+            return bool(self.value >= self.threshold)
+        return bool(self.value <= self.threshold)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio}
+        return {**asdict(self), "ratio": self.ratio, "met": self.met}
 
 
 def library_versions() -> dict[str, str]:
@@ -145,7 +167,17 @@ def write_result(
     seed: int | None = None,
     claims: list[Claim] | None = None,
 ) -> Path:
-    """Write ``<out_dir>/<package>_<command>.json`` in the project's one result schema."""
+    """Write ``<out_dir>/<package>_<command>.json`` in the project's one result schema.
+
+    Under ``torchrun`` only rank 0 writes (the others return the path they would have written);
+    the record carries the world size.
+    """
+    from labcore import dist
+
+    out = Path(out_dir)
+    path = out / f"{package}_{command}.json"
+    if not dist.is_main():
+        return path
     record = {
         "schema": RESULT_SCHEMA_VERSION,
         "package": package,
@@ -159,12 +191,11 @@ def write_result(
         "claims": claims or [],
         "device": str(device) if device is not None else "cpu",
         "seed": seed,
+        "world_size": dist.world_size(),
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{package}_{command}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)  # never leave a half-written result

@@ -233,17 +233,18 @@ def _clips_with_resample(items: list, get_path, source: FrameSource, num_frames:
                          strategy: str, rng: np.random.Generator, pool: list,
                          retries: int) -> tuple[list, torch.Tensor]:  # fmt: skip
     out_items, clips = [], []
-    for it in items:
+    rngs = rng if isinstance(rng, list) else [rng] * len(items)
+    for it, r in zip(items, rngs, strict=True):
         for attempt in range(retries + 1):
             try:
-                clips.append(source.clip(get_path(it), num_frames, strategy, rng))
+                clips.append(source.clip(get_path(it), num_frames, strategy, r))
                 out_items.append(it)
                 break
             except VideoDecodeError as e:
                 if attempt == retries:
                     raise
                 warnings.warn(f"{e}; drawing another example", stacklevel=2)
-                it = pool[int(rng.integers(len(pool)))]
+                it = pool[int(r.integers(len(pool)))]
     return out_items, torch.stack(clips)
 
 

@@ -175,22 +175,29 @@ class Heuristics(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, pixels: torch.Tensor, rng: np.random.Generator,
-                entity: bool = True, action: bool = True) -> dict:  # fmt: skip
-        b, t = pixels.shape[:2]
+    def labels(self, pixels: torch.Tensor, boxes: torch.Tensor | None,
+               window_idx: torch.Tensor | None) -> dict:  # fmt: skip
+        """Soft labels for given crop ``boxes`` (B, 4) and/or windows ``window_idx`` (B, T/2)."""
         out: dict = {}
-        if entity:
-            boxes = sample_crop_boxes(b, self.grid, self.cfg, rng)
+        if boxes is not None:
             crop = crop_video(pixels, boxes, self.patch_size)
             q, ignored = soft_labels(self.entity_prompter, crop, self.entity_bank,
                                      self.cfg.ignore_below)  # fmt: skip
             out.update(boxes=boxes, region=region_mask(boxes, self.grid).to(pixels.device),
                        q_entity=q, ignored=ignored)  # fmt: skip
-        if action:
-            win = sample_windows(b, t, self.cfg.action_window, rng).to(pixels.device)
-            clip = torch.gather(pixels, 1, win[:, :, None, None, None].expand(
+        if window_idx is not None:
+            w = window_idx.to(pixels.device)
+            clip = torch.gather(pixels, 1, w[:, :, None, None, None].expand(
                 -1, -1, *pixels.shape[2:]))  # fmt: skip
             q, _ = soft_labels(self.action_prompter, clip, self.action_bank, 0.0)
-            window = torch.zeros(b, t, device=pixels.device).scatter_(1, win, 1.0)
-            out.update(window_idx=win, window=window, window_clip=clip, q_action=q)
+            window = torch.zeros(pixels.shape[:2], device=pixels.device).scatter_(1, w, 1.0)
+            out.update(window_idx=w, window=window, window_clip=clip, q_action=q)
         return out
+
+    def forward(self, pixels: torch.Tensor, rng: np.random.Generator,
+                entity: bool = True, action: bool = True) -> dict:  # fmt: skip
+        """Draw boxes and windows from ``rng``, then :meth:`labels`."""
+        b, t = pixels.shape[:2]
+        boxes = sample_crop_boxes(b, self.grid, self.cfg, rng) if entity else None
+        win = sample_windows(b, t, self.cfg.action_window, rng) if action else None
+        return self.labels(pixels, boxes, win)

@@ -169,6 +169,15 @@ class AlproStudent(nn.Module):
         self.entity_head = MLP(d, num_entities) if num_entities else None
         self.action_head = MLP(d, num_actions) if num_actions else None
 
+    def forward(self, mode: str, **kwargs):
+        """One entry point so DistributedDataParallel sees every pass: ``mode='pretrain'``
+        (:meth:`pretrain_losses`) or ``'qa'`` (:func:`heurvidqa.train.qa_losses`)."""
+        if mode == "pretrain":
+            return self.pretrain_losses(**kwargs)
+        from heurvidqa.train import qa_losses
+
+        return qa_losses(self, **kwargs)
+
     # --- the three passes -------------------------------------------------------------------
     def text_layers(self) -> nn.ModuleList:
         return self.bert.encoder.layer[: self.cfg.text_layers]
@@ -302,6 +311,9 @@ class DualEncoder(nn.Module):
             else:
                 pooled = h[:, 0]
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.video_features(pixels)
 
     def video_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """l2n(W_v f(V)_cls) : (B, 256)."""

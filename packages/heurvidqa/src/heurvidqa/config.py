@@ -47,6 +47,8 @@ class ModelConfig:
     temp_min: float = field(default=0.001, metadata={"help": "VTC temperature clamp min"})
     temp_max: float = field(default=0.5, metadata={"help": "VTC temperature clamp max"})
     dropout: float = field(default=0.0, metadata={"help": "TimeSformer hidden dropout"})
+    text_dropout: float = field(default=0.1, metadata={
+        "help": "BERT hidden/attention dropout (BERT's 0.1; 0 for exact replays)"})  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.image_size % self.patch_size == 0, "image_size must be a multiple of patch_size")
@@ -54,6 +56,7 @@ class ModelConfig:
         _check(self.video_hidden % self.video_heads == 0, "video_hidden must divide by video_heads")
         for name in ("video_layers", "text_layers", "max_len", "caption_len", "proj_dim"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(0 <= self.text_dropout < 1 and 0 <= self.dropout < 1, "dropout must lie in [0, 1)")
         _check(0 < self.temp_min <= self.temp_init <= self.temp_max, "need temp_min<=init<=max")
 
     @property
@@ -71,7 +74,7 @@ def model_config(size: str = "cpu", **overrides) -> ModelConfig:
         "cpu": {},
         "real": dict(image_size=224, patch_size=16, num_frames=16, video_hidden=768,
                      video_layers=12, video_heads=12, video_mlp=3072, text_model="bert-base",
-                     text_layers=6),  # fmt: skip
+                     text_layers=6),
     }
     if size not in presets:
         raise UserError(f"model size must be one of {sorted(presets)}, got {size!r}")

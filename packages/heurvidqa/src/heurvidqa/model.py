@@ -152,6 +152,9 @@ class AlproStudent(nn.Module):
         self.cfg = cfg
         self.video = VideoEncoder(cfg)
         self.bert = text_model if text_model is not None else load_text_model(cfg.text_model)
+        for m in self.bert.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = cfg.text_dropout
         bcfg = self.bert.config
         if not 1 <= cfg.text_layers < bcfg.num_hidden_layers:
             raise UserError(f"text_layers must lie in [1, {bcfg.num_hidden_layers - 1}] "

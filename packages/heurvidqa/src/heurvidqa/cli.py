@@ -76,7 +76,8 @@ def _add_data(p: argparse.ArgumentParser, train: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = common_parser(PACKAGE)
+    # one thread by default: small kernels on oversubscribed cores are several times slower
+    common = common_parser(PACKAGE, threads=1)
     parser = argparse.ArgumentParser(prog=PACKAGE, description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,14 +94,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="open-ended and/or multiple choice")  # fmt: skip
     demo.add_argument("--arms", nargs="+", choices=["plain", "+E", "+A", "+E+A"],
                       default=["plain", "+E", "+A", "+E+A"], help="ablation arms")  # fmt: skip
-    demo.add_argument("--prompter-steps", type=positive_int, default=150, help="VTC steps each")
-    demo.add_argument("--pretrain-steps", type=positive_int, default=120, help="VTC+MLM steps")
-    demo.add_argument("--qa-steps", type=positive_int, default=100, help="fine-tuning steps/arm")
-    demo.add_argument("--qa-batch", type=positive_int, default=16, help="fine-tuning batch")
+    demo.add_argument("--prompter-steps", type=positive_int, default=80, help="VTC steps each")
+    demo.add_argument("--pretrain-steps", type=positive_int, default=60, help="VTC+MLM steps")
+    demo.add_argument("--qa-steps", type=positive_int, default=80, help="fine-tuning steps/arm")
+    demo.add_argument("--qa-batch", type=positive_int, default=16, help="open-ended batch")
+    demo.add_argument("--mc-batch", type=positive_int, default=8,
+                      help="multiple-choice batch (x5 candidate rows)")  # fmt: skip
+    demo.add_argument("--eval-val", action="store_true", help="also evaluate on validation")
     demo.add_argument("--captions", type=positive_int, default=1200, help="caption clips")
     demo.add_argument("--train-qa", type=positive_int, default=400, help="training questions")
     demo.add_argument("--val-qa", type=positive_int, default=300, help="validation questions")
-    demo.add_argument("--test-qa", type=positive_int, default=600, help="test questions")
+    demo.add_argument("--test-qa", type=positive_int, default=300, help="test questions")
     _add_dataclass(demo, HeuristicConfig, "heuristics ([R] = reconstruction)")
 
     pv = add("prepare-vocab", "mine the entity/action vocabularies from a training split")
@@ -195,7 +199,8 @@ def _demo(args) -> int:
                        TrainConfig(steps=args.prompter_steps, batch_size=32, lr=1e-4),
                        TrainConfig(steps=args.pretrain_steps, batch_size=16),
                        TrainConfig(steps=args.qa_steps, batch_size=args.qa_batch), device,
-                       args.precision, sizes)  # fmt: skip
+                       args.precision, sizes, mc_batch=args.mc_batch,
+                       eval_val=args.eval_val)  # fmt: skip
     print_table(res)
     png = write_plot(res, args.out / "heurvidqa_demo.png")
     runs = res.pop("runs")
@@ -206,7 +211,8 @@ def _demo(args) -> int:
                                 "reconstructions": reconstructions(hcfg),
                                 "prompter_steps": args.prompter_steps,
                                 "pretrain_steps": args.pretrain_steps, "qa_steps": args.qa_steps,
-                                "qa_batch": args.qa_batch, "seeds": args.seeds,
+                                "qa_batch": args.qa_batch, "mc_batch": args.mc_batch,
+                                "seeds": args.seeds,
                                 "sizes": asdict(sizes), "precision": args.precision},
                         device=device, seed=args.seed)  # fmt: skip
     print(f"wrote {path}" + (f" and {png}" if png else ""))

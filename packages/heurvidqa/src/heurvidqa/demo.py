@@ -75,7 +75,11 @@ def _temporal(report: dict, fmt: str) -> float:
 def run_demo(out: Path, data_dir: Path, seeds: list[int], formats: list[str], arms: list[str],
              cfg: ModelConfig, hcfg: HeuristicConfig, prompter_tc: TrainConfig,
              pretrain_tc: TrainConfig, qa_tc: TrainConfig, device, precision: str = "fp32",
-             sizes: syn.SyntheticSizes | None = None, log=print) -> dict:  # fmt: skip
+             sizes: syn.SyntheticSizes | None = None, log=None, mc_batch: int = 8,
+             eval_val: bool = False) -> dict:  # fmt: skip
+    from dataclasses import replace
+
+    log = log or (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if not (data_dir / "DONE").is_file():
@@ -114,11 +118,13 @@ def run_demo(out: Path, data_dir: Path, seeds: list[int], formats: list[str], ar
     for fmt in formats:
         for seed in seeds:
             for arm in arms:
-                r = run_arm(arm, fmt, student, data, heur, vocab, source, tok, qa_tc, hcfg,
-                            device, seed, precision)  # fmt: skip
+                tc = qa_tc if fmt == "oe" else replace(qa_tc, batch_size=mc_batch)
+                r = run_arm(arm, fmt, student, data, heur, vocab, source, tok, tc, hcfg,
+                            device, seed, precision, eval_val=eval_val)  # fmt: skip
                 results[fmt][arm].append(r)
                 log(f"  {fmt} {arm:5s} seed {seed}: test {r['test']['accuracy']:.1f} "
-                    f"(temporal {_temporal(r['test'], fmt):.1f}), val {r['val']['accuracy']:.1f}")
+                    f"(temporal {_temporal(r['test'], fmt):.1f})"
+                    + (f", val {r['val']['accuracy']:.1f}" if r["val"] else ""))
     timings["finetune_seconds"] = time.perf_counter() - t
     table: dict = {}
     checks: dict = {}

@@ -104,7 +104,7 @@ def prompter_zero_shot(heur: Heuristics, vocab: dict, cfg: ModelConfig, n: int =
             a_n += 1
             a_hit += actions[int(out["q_action"].argmax())] == act_name[meta["motions"][0]]
         # entity: the grid box with the best coverage of one object
-        for obj, m_own, m_other, colour, shape in (
+        for _obj, m_own, m_other, colour, shape in (
             ("target", tmask, dmask, meta["colour"], meta["shape"]),
             ("distractor", dmask, tmask, meta["d_colour"], meta["d_shape"]),
         ):
@@ -166,15 +166,16 @@ def new_student(pretrained: AlproStudent, num_answers: int, vocab: dict, seed: i
 
 def run_arm(arm: str, fmt: str, pretrained: AlproStudent, data: MovingShapes, heur: Heuristics,
             vocab: dict, source: FrameSource, tokenizer, tcfg: TrainConfig,
-            hcfg: HeuristicConfig, device, seed: int, precision: str = "fp32") -> dict:  # fmt: skip
+            hcfg: HeuristicConfig, device, seed: int, precision: str = "fp32",
+            eval_val: bool = False) -> dict:  # fmt: skip
     use_e, use_a = ARMS[arm]
     student = new_student(pretrained, len(data.ans2label), vocab, seed)
     sets = data.oe if fmt == "oe" else data.mc
     hist = finetune_qa(student, sets["train"], source, tokenizer, tcfg, device, heuristics=heur,
                        hcfg=hcfg, use_entity=use_e, use_action=use_a, seed=seed,
                        precision=precision, desc=f"{fmt} {arm} seed {seed}")  # fmt: skip
-    val = evaluate_qa(student, sets["val"], source, tokenizer, device, precision=precision,
-                      desc="val")  # fmt: skip
+    val = (evaluate_qa(student, sets["val"], source, tokenizer, device, precision=precision,
+                       desc="val") if eval_val else None)  # fmt: skip
     test = evaluate_qa(student, sets["test"], source, tokenizer, device, precision=precision,
                        desc="test")  # fmt: skip
     return {"val": val, "test": test, "final_losses": {k: hist.tail_mean(k) for k in hist.losses}}

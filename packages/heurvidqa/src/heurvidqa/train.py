@@ -108,7 +108,7 @@ def train_prompter(prompter: DualEncoder, captions, source: FrameSource, tokeniz
                                 max_length=prompter.cfg.caption_len, return_tensors="pt")  # fmt: skip
                 f = prompter.text_features(tok.input_ids.to(device), tok.attention_mask.to(device))
                 cache.update(zip(texts[i : i + 256], f, strict=True))
-    model = dist.wrap_model(prompter)
+    model = dist.wrap_model(prompter, find_unused_parameters=True)
     opt, sched = _optimizer(prompter, tcfg, ("text.",))
     scaler = dist.grad_scaler(precision, device)
     plan = _BatchPlan(len(captions), tcfg.batch_size, seed)
@@ -139,7 +139,7 @@ def pretrain_student(student: AlproStudent, captions, source: FrameSource, token
                      precision: str = "fp32", desc: str = "student VTC+MLM") -> History:  # fmt: skip
     """ALPRO-style pretraining on captions: L = VTC + MLM (weights 1)."""
     student.to(device).train()
-    model = dist.wrap_model(student)
+    model = dist.wrap_model(student, find_unused_parameters=True)
     opt, sched = _optimizer(student, tcfg, ("bert.",))
     scaler = dist.grad_scaler(precision, device)
     plan = _BatchPlan(len(captions), tcfg.batch_size, seed)
@@ -203,7 +203,7 @@ def finetune_qa(student: AlproStudent, train_set, source: FrameSource, tokenizer
     student.to(device).train()
     if heuristics is not None:
         heuristics.to(device).eval()
-    model = dist.wrap_model(student)
+    model = dist.wrap_model(student, find_unused_parameters=True)
     opt, sched = _optimizer(student, tcfg, ("bert.",))
     scaler = dist.grad_scaler(precision, device)
     plan = _BatchPlan(len(train_set), tcfg.batch_size, seed,

@@ -79,28 +79,41 @@ def test_bad_input_one_line_exit_2(shapes_root, tmp_path, capsys):
     out = tmp_path / "never"
     args = _train_args(shapes_root, out)
     i = args.index("--train-file")
-    missing = [*args[:i + 1], str(tmp_path / "nope.jsonl"), *args[i + 2 :]]
+    missing = [*args[: i + 1], str(tmp_path / "nope.jsonl"), *args[i + 2 :]]
     _fails(missing, capsys, out, "nope.jsonl")
     odd = tmp_path / "odd.jsonl"
     odd.write_text(json.dumps({"video_id": "train00000", "question": "q?", "answer": "zebra"}))
-    _fails([*args[:i + 1], str(odd), *args[i + 2 :]], capsys, out, "zebra")
+    _fails([*args[: i + 1], str(odd), *args[i + 2 :]], capsys, out, "zebra")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    _fails([*args[:i + 1], str(empty), *args[i + 2 :]], capsys, out, "empty")
+    _fails([*args[: i + 1], str(empty), *args[i + 2 :]], capsys, out, "empty")
     vids = tmp_path / "badvids"
     vids.mkdir()
     for line in (shapes_root / "msrvtt" / "train.jsonl").read_text().splitlines():
         (vids / f"{json.loads(line)['video_id']}.mp4").write_bytes(b"\x00" * 100)
     j = args.index("--video-dir")
     k = args.index("--eval-file")
-    bad = [*args[:j + 1], str(vids), *args[j + 2 : k], *args[k + 2 :]]
+    bad = [*args[: j + 1], str(vids), *args[j + 2 : k], *args[k + 2 :]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the resampling warnings before the final error
         _fails(bad, capsys, out, "cannot open video")
     _fails(["evaluate", *_data(shapes_root), "--eval-file", str(odd), "--checkpoint",
             str(tmp_path / "none.pt"), "--out", str(out)], capsys, out, "none.pt")  # fmt: skip
-    _fails(["train", *_data(shapes_root), "--train-file", str(shapes_root / "msrvtt" /
-            "train.jsonl"), *TINY, "--use-entity", "--out", str(out)], capsys, out, "--vocab")
+    _fails(
+        [
+            "train",
+            *_data(shapes_root),
+            "--train-file",
+            str(shapes_root / "msrvtt" / "train.jsonl"),
+            *TINY,
+            "--use-entity",
+            "--out",
+            str(out),
+        ],
+        capsys,
+        out,
+        "--vocab",
+    )
 
 
 @pytest.mark.dist
@@ -110,12 +123,21 @@ def test_torchrun_two_processes_match_single(shapes_root, tmp_path):
     assert main(_train_args(shapes_root, single, "--text-dropout", "0")) == 0
     multi = tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "heurvidqa.cli", *_train_args(shapes_root, multi, "--text-dropout", "0"),
-           "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "heurvidqa.cli",
+        *_train_args(shapes_root, multi, "--text-dropout", "0"),
+        "--threads",
+        "1",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = json.loads((single / "heurvidqa_train.json").read_text())["metrics"]
     b = json.loads((multi / "heurvidqa_train.json").read_text())["metrics"]
     assert b["eval"]["counts"]["all"][1] == 10
     # the final-step QA loss: rank 0's half of the batch vs the whole batch, so compare the

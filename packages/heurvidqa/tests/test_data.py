@@ -15,8 +15,8 @@ from labcore.video import VideoDecodeError, decode_all
 def test_movingshapes_round_trip_through_loaders(shapes_root):
     a2l = shapes_root / "msrvtt" / "train_ans2label.json"
     tr = MsrvttQA(shapes_root / "msrvtt" / "train.jsonl", a2l, shapes_root / "videos", train=True)
-    mc = NextQA(shapes_root / "nextqa" / "test.csv", shapes_root / "nextqa" / "map_vid_vidorID.json",
-                shapes_root)  # fmt: skip
+    vmap = shapes_root / "nextqa" / "map_vid_vidorID.json"
+    mc = NextQA(shapes_root / "nextqa" / "test.csv", vmap, shapes_root)  # fmt: skip
     msvd = MsrvttQA(shapes_root / "msvd" / "val.jsonl", a2l, shapes_root / "msvd" / "videos",
                     ext=".avi")  # fmt: skip
     assert len(tr) == 25 and len(mc) == 10 and len(msvd) == 10

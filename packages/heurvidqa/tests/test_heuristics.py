@@ -114,8 +114,13 @@ def test_prompters_unchanged_and_gradient_free_after_training_step(tiny_cfg, tok
     student = AlproStudent(tiny_cfg, num_answers=3, num_entities=5, num_actions=6)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     tok = tokenizer(["what color?"] * 3, return_tensors="pt")
-    batch = {"pixels": torch.randn(3, 4, 3, 64, 64), "ids": tok.input_ids,
-             "mask": tok.attention_mask, "labels": torch.tensor([0, 1, 2]), "num_candidates": 0}
+    batch = {
+        "pixels": torch.randn(3, 4, 3, 64, 64),
+        "ids": tok.input_ids,
+        "mask": tok.attention_mask,
+        "labels": torch.tensor([0, 1, 2]),
+        "num_candidates": 0,
+    }
     h = heur(batch["pixels"], np.random.default_rng(0))
     losses = qa_losses(student, batch, h, HeuristicConfig(ignore_below=0.0), True, True)
     (losses["qa"] + losses["entity"] + losses["action"]).backward()

@@ -93,7 +93,7 @@ def test_multiple_choice_repeats_visual_rows(tiny_cfg, tokenizer):
     cs = ["red", "blue", "green", "white", "yellow"] * 2
     tok = tokenizer(qs, cs, padding=True, return_tensors="pt")
     with torch.no_grad():
-        fused, video = s.qa_forward(px, tok.input_ids, tok.attention_mask, num_candidates=5)
+        fused, _ = s.qa_forward(px, tok.input_ids, tok.attention_mask, num_candidates=5)
         scores = s.qa_logits(fused, 5)
         # candidate 3 of sample 1, scored alone against sample 1's video
         one, _ = s.qa_forward(px[1:2], tok.input_ids[8:9], tok.attention_mask[8:9])

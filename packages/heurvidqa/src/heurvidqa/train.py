@@ -104,8 +104,13 @@ def train_prompter(prompter: DualEncoder, captions, source: FrameSource, tokeniz
         texts = sorted({c for _, c in captions.items})
         with torch.no_grad():
             for i in range(0, len(texts), 256):
-                tok = tokenizer(texts[i : i + 256], padding=True, truncation=True,
-                                max_length=prompter.cfg.caption_len, return_tensors="pt")  # fmt: skip
+                tok = tokenizer(
+                    texts[i : i + 256],
+                    padding=True,
+                    truncation=True,
+                    max_length=prompter.cfg.caption_len,
+                    return_tensors="pt",
+                )
                 f = prompter.text_features(tok.input_ids.to(device), tok.attention_mask.to(device))
                 cache.update(zip(texts[i : i + 256], f, strict=True))
     model = dist.wrap_model(prompter, find_unused_parameters=True)
@@ -134,9 +139,18 @@ def train_prompter(prompter: DualEncoder, captions, source: FrameSource, tokeniz
     return hist
 
 
-def pretrain_student(student: AlproStudent, captions, source: FrameSource, tokenizer,
-                     tcfg: TrainConfig, device, seed: int = 0, strategy: str = "headtail",
-                     precision: str = "fp32", desc: str = "student VTC+MLM") -> History:  # fmt: skip
+def pretrain_student(
+    student: AlproStudent,
+    captions,
+    source: FrameSource,
+    tokenizer,
+    tcfg: TrainConfig,
+    device,
+    seed: int = 0,
+    strategy: str = "headtail",
+    precision: str = "fp32",
+    desc: str = "student VTC+MLM",
+) -> History:
     """ALPRO-style pretraining on captions: L = VTC + MLM (weights 1)."""
     student.to(device).train()
     model = dist.wrap_model(student, find_unused_parameters=True)

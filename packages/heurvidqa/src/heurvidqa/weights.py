@@ -34,7 +34,8 @@ _VIT = [
     (r"^blocks\.(\d+)\.attn\.qkv\.", r"encoder.layer.\1.attention.attention.qkv."),
     (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
     (r"^blocks\.(\d+)\.temporal_norm1\.", r"encoder.layer.\1.temporal_layernorm."),
-    (r"^blocks\.(\d+)\.temporal_attn\.qkv\.", r"encoder.layer.\1.temporal_attention.attention.qkv."),
+    (r"^blocks\.(\d+)\.temporal_attn\.qkv\.",
+     r"encoder.layer.\1.temporal_attention.attention.qkv."),
     (r"^blocks\.(\d+)\.temporal_attn\.proj\.",
      r"encoder.layer.\1.temporal_attention.output.dense."),
     (r"^blocks\.(\d+)\.temporal_fc\.", r"encoder.layer.\1.temporal_dense."),
@@ -50,13 +51,13 @@ def alpro_to_heurvidqa(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     for k, v in sd.items():
         new = None
         if k.startswith("visual_encoder.model."):
-            rest = k[len("visual_encoder.model."):]
+            rest = k[len("visual_encoder.model.") :]
             for pat, rep in _VIT:
                 if re.search(pat, rest):
                     new = "video.timesformer." + re.sub(pat, rep, rest)
                     break
         elif k.startswith("text_encoder.bert."):
-            rest = k[len("text_encoder.bert."):]
+            rest = k[len("text_encoder.bert.") :]
             if not rest.startswith("pooler."):
                 new = "bert." + rest
         elif k.startswith(("vision_proj.", "text_proj.")):

@@ -60,8 +60,10 @@ def load_text_model(name: str = "minilm"):
     random init (no download); ``tiny``: a 4-layer 64-d BERT for tests; otherwise a local path
     or hub id passed to ``from_pretrained``."""
     from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()  # the MiniLM file's unused pooler keys are expected
     if name == "bert-base":
         return BertModel(BertConfig(), add_pooling_layer=False)
     if name == "tiny":  # tests: a 4-layer 64-d BERT with random init, the same vocabulary

@@ -8,7 +8,7 @@ two-phase motion (frames 0–7, 8–15, each from move left/right/up/down, grow,
 :func:`generate` writes under ``root``::
 
     videos/<id>.mp4                 QA clips (mpeg4); captions/<id>.mp4 caption clips
-    captions.jsonl                  {video_id, caption}  (pretraining corpus, 5 paraphrase templates)
+    captions.jsonl                  {video_id, caption}  (pretraining corpus, 5 templates)
     msrvtt/{train,val,test}.jsonl   {video_id, question, answer, answer_type}  (MSRVTT-QA format)
     msrvtt/train_ans2label.json
     nextqa/{train,val,test}.csv     video,frame_count,width,height,question,answer,qid,type,a0..a4

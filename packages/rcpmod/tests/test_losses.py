@@ -9,7 +9,15 @@ import torch.nn.functional as F
 
 from rcpmod.losses import koleo, nt_xent, nt_xent_per_row, reconstruction, spreading_weight, triplet
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """The method runs in float64; set it for these tests only, never for the whole session."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def _unit(n, d, seed):

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# imported eagerly: the function shares its name with its submodule, which would otherwise
+# shadow it once any code imports ``diffusion_features.catalogue`` (torch only, no diffusers)
+from diffusion_features.catalogue import catalogue
+
 _EXPORTS = {
     "Activation": "catalogue",
-    "catalogue": "catalogue",
     "catalogue_table": "catalogue",
     "resolve_ids": "catalogue",
     "xl_analysis_pool": "catalogue",
@@ -43,7 +46,7 @@ _EXPORTS = {
     "train_conv_head": "heads",
     "synthetic_shapes": "data",
 }
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", "catalogue", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str):

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from rcpmod.losses import koleo, nt_xent, nt_xent_per_row, reconstruction, spreading_weight, triplet
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """The method runs in float64; set it for these tests only, never for the whole session."""
